@@ -1,0 +1,39 @@
+"""The ``tou`` command: a click group whose subcommands come from :mod:`toucli.commands`.
+
+Exit status (see man/tou.1): 0 success, 1 network or peer failure, 2 usage error
+(click's own), 3 authentication failure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import click
+
+from toucli import __version__
+from toucli.commands import COMMANDS
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+
+
+class TouGroup(click.Group):
+    """A click group that exits 130 on Ctrl-C (click alone prints "Aborted!" and exits 1)."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+
+
+@click.group(
+    "tou",
+    cls=TouGroup,
+    commands=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.version_option(__version__, "--version", prog_name="tou", message="%(prog)s %(version)s")
+def main() -> None:
+    """Carry TCP connections inside (optionally DTLS-encrypted) UDP."""

@@ -1,0 +1,5 @@
+"""The TCP engine of tou: sans-I/O (no sockets, no clocks, no global randomness).
+
+The caller feeds segments and the current time in and takes segments, events and
+timer deadlines out; secrets such as the ISN key are passed in.
+"""
