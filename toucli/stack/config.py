@@ -1,0 +1,33 @@
+"""Knobs of the TCP engine. Defaults suit a tunnel: interactive, long fat paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ConnectionConfig:
+    mss: int = 1400                    # largest payload we accept and send (before negotiation)
+    send_buffer: int = 4 << 20         # cap on unacknowledged + unsent bytes we hold
+    recv_buffer: int = 4 << 20         # cap on received bytes held for the application
+    initial_recv_window: int = 256 << 10  # auto-tuning grows the window from here up to recv_buffer
+    window_scaling: bool = True        # RFC 7323 §2
+    timestamps: bool = True            # RFC 7323 §3-§5
+    sack: bool = True                  # RFC 2018
+    nagle: bool = False                # RFC 896; off: tunnels are interactive
+    congestion_control: str = "cubic"
+    initial_window_segments: int = 10  # RFC 6928
+    delayed_ack: float = 0.025         # RFC 9293 §3.8.6.3 (must be < 0.5 s)
+    rto_initial: float = 1.0           # RFC 6298 §2.1
+    rto_min: float = 0.2               # Linux's floor; RFC 6298 allows below 1 s
+    rto_max: float = 60.0              # RFC 6298 §2.5
+    user_timeout: float = 60.0         # give up when data stays unacknowledged this long (RFC 9293 §3.8.3)
+    syn_retries: int = 6
+    time_wait: float = 2.0             # short TIME-WAIT: the tunnel's sessions are not reused quickly
+    keepalive_idle: float | None = None  # None = off; seconds of silence before the first probe
+    keepalive_interval: float = 5.0
+    keepalive_probes: int = 4
+    challenge_ack_limit: int = 10      # per second (RFC 5961 §7)
+    ooo_segments: int = 4096           # cap on out-of-order ranges kept (memory bound)
+    persist_min: float = 0.2
+    persist_max: float = 60.0
