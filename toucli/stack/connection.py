@@ -1,0 +1,1110 @@
+"""One TCP connection as a sans-I/O state machine (RFC 9293).
+
+The engine is driven from outside: :meth:`Connection.receive` takes a decoded
+segment, :meth:`Connection.handle_timer` takes the time, the application calls
+:meth:`send`, :meth:`recv`, :meth:`shutdown` and :meth:`abort`. Output comes
+from :meth:`segments_to_send` (segments), :meth:`next_deadline` (one time) and
+the shared event queue (typed events). Nothing here reads a clock, touches a
+socket or draws random numbers.
+
+Sequence numbers are converted once, at the edge, from 32-bit wire values to
+*unwrapped offsets* relative to the initial sequence numbers (ISS for what we
+send, IRS for what we receive): the SYN is offset 0, data byte ``k`` is offset
+``k + 1``, a FIN follows the last byte. The conversion uses the modulo-2**32
+helpers of :mod:`toucli.stack.seq`; everything inside compares plain integers.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import Hashable
+
+from . import cc as _cc
+from .config import ConnectionConfig
+from .errors import LocalError
+from .events import Closed, Connected, Error, Event, PeerClosed, Readable, Reset, Writable
+from .rangeset import RangeSet
+from .rtt import RttEstimator
+from .segment import ACK, FIN, PSH, RST, SYN, Segment
+from .seq import MASK, seq_lt, seq_sub
+
+DUP_THRESH = 3                  # RFC 6675 §2 / RFC 5681 §3.2
+QUICKACK_SEGMENTS = 16          # ACK every segment at the start (receiver's slow-start helper)
+TS_VALID_FOR = 24 * 86400.0     # RFC 7323 §5.5: TS.Recent goes stale after 24 days idle
+MAX_WSCALE = 14                 # RFC 7323 §2.3
+TCP_DEFAULT_MSS = 536           # RFC 9293 §3.7.1: assumed when the peer sends no MSS option
+
+
+class State(enum.IntEnum):
+    """Connection states, RFC 9293 §3.3.2."""
+
+    CLOSED = 0
+    LISTEN = 1
+    SYN_SENT = 2
+    SYN_RECEIVED = 3
+    ESTABLISHED = 4
+    FIN_WAIT_1 = 5
+    FIN_WAIT_2 = 6
+    CLOSE_WAIT = 7
+    CLOSING = 8
+    LAST_ACK = 9
+    TIME_WAIT = 10
+
+
+_SYNCHRONIZED = frozenset(
+    {State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT,
+     State.CLOSING, State.LAST_ACK, State.TIME_WAIT}
+)
+_RECEIVES_DATA = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
+_CAN_SEND = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})
+_FIN_SENT = frozenset({State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING, State.LAST_ACK, State.TIME_WAIT})
+
+
+def _wscale_for(buffer: int) -> int:
+    """Smallest shift that lets a 16-bit field describe ``buffer`` bytes (RFC 7323 §2.3)."""
+    shift = 0
+    while shift < MAX_WSCALE and (0xFFFF << shift) < buffer:
+        shift += 1
+    return shift
+
+
+class Connection:
+    """A TCP connection (RFC 9293) with SACK (RFC 2018/6675), RFC 7323 and pluggable CC."""
+
+    def __init__(
+        self,
+        config: ConnectionConfig,
+        local_port: int,
+        remote_port: int,
+        iss: int,
+        now: float,
+        *,
+        peer: Hashable = None,
+        ts_offset: int = 0,
+        events: deque[Event] | None = None,
+    ) -> None:
+        self.config = cfg = config
+        self.local_port = local_port
+        self.remote_port = remote_port
+        self.peer = peer
+        self.state = State.CLOSED
+        self.passive = False
+        self.events: deque[Event] = events if events is not None else deque()
+        self.created = now
+        self._ts_offset = ts_offset & MASK
+        if not 88 <= cfg.mss <= 65495:
+            raise LocalError(f"mss must be within 88..65495, got {cfg.mss}")
+
+        # --- send side (offsets relative to ISS) ---
+        self.iss = iss & MASK
+        self.snd_una = 0            # oldest unacknowledged offset
+        self.snd_max = 0            # next new offset to send (highest sent + 1)
+        self.snd_wnd_edge = 0       # right edge of the peer's window (offset)
+        self.snd_wl1 = -1           # receive offset of the segment that last updated the window
+        self.snd_wl2 = -1           # send offset acknowledged by it
+        self.max_snd_wnd = 0
+        self.snd_wscale = 0
+        self.snd_buf = bytearray()  # unacknowledged + unsent data
+        self.snd_buf_start = 1      # offset of snd_buf[0]
+        self.fin_off: int | None = None   # offset of our FIN once shutdown() was called
+        self._writer_blocked = False
+
+        # --- receive side (offsets relative to IRS) ---
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.rcv_adv = 0            # right edge we advertised; never moves left (RFC 9293 §3.8.6.2.2)
+        self.rcv_wscale = _wscale_for(cfg.recv_buffer) if cfg.window_scaling else 0
+        self.rcv_buf = bytearray()  # in-order data the application has not read
+        self.rcv_space = min(cfg.initial_recv_window, cfg.recv_buffer)  # auto-tuned window target
+        self._ooo_starts: list[int] = []   # out-of-order segments, sorted, non-overlapping
+        self._ooo_data: dict[int, bytes] = {}
+        self.ooo = RangeSet()
+        self._sack_recent: list[tuple[int, int]] = []  # most recent first (RFC 2018 §4)
+        self._dsack: tuple[int, int] | None = None     # RFC 2883 block to report next
+        self.fin_rcvd_off: int | None = None
+        self._rcv_unacked = 0
+        self._quickack = QUICKACK_SEGMENTS
+        self._tune_start = now
+        self._tune_copied = 0
+
+        # --- options ---
+        self.mss_peer = TCP_DEFAULT_MSS
+        self.eff_mss = min(cfg.mss, TCP_DEFAULT_MSS)
+        self.sack_ok = False
+        self.ts_ok = False
+        self.ws_ok = False
+        self.ts_recent = 0
+        self.ts_recent_time: float | None = None
+        self.last_ack_sent = 0
+        self.rcv_rtt: float | None = None
+
+        # --- timers and recovery ---
+        self.rtt = RttEstimator(cfg.rto_initial, cfg.rto_min, cfg.rto_max)
+        self.cc = _cc.create(cfg.congestion_control, self.eff_mss, now,
+                             cfg.initial_window_segments * self.eff_mss)
+        self.sacked = RangeSet()
+        self.in_recovery = False
+        self.rto_recovery = False
+        self.recovery_point = 0
+        self.high_rxt = 0
+        self.lost_point = 0
+        self.dupacks = 0
+        self._timed: tuple[int, float] | None = None   # (end offset, send time) of the segment being timed
+        self._last_progress = now
+        self.rto_deadline: float | None = None
+        self.delack_deadline: float | None = None
+        self.persist_deadline: float | None = None
+        self._persist_backoff = 0
+        self.keepalive_deadline: float | None = None
+        self._keepalive_sent = 0
+        self.timewait_deadline: float | None = None
+        self._syn_tries = 0
+        self._last_recv = now
+
+        # --- output ---
+        self._ctl: list[Segment] = []   # RSTs, challenge ACKs, probes built during input
+        self._ack_now = False
+        self._challenge_times: deque[float] = deque()
+        self.wake = None   # set by the endpoint: called when an API call creates output
+
+        # --- statistics ---
+        self.bytes_sent = 0
+        self.bytes_retrans = 0
+        self.segs_out = 0
+        self.segs_in = 0
+        self.segs_retrans = 0
+        self.bytes_acked = 0
+        self.bytes_received = 0
+        self.dup_segs_in = 0
+        self.ooo_segs_in = 0
+        self.rto_count = 0
+        self.recoveries = 0
+        self.challenge_acks = 0
+        self.paws_drops = 0
+
+    # ------------------------------------------------------------------ helpers
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer!r} {self.local_port}->{self.remote_port} {self.state.name}>"
+
+    def _emit(self, ev: Event) -> None:
+        self.events.append(ev)
+
+    def _tsval(self, now: float) -> int:
+        return (int(now * 1000.0) + self._ts_offset) & MASK
+
+    def _ts_to_time(self, ts: int) -> float:
+        """The local time (ms resolution) at which we sent TSval ``ts`` (RFC 7323 §4.1)."""
+        return ((ts - self._ts_offset) & MASK) / 1000.0
+
+    @property
+    def flight(self) -> int:
+        return self.snd_max - self.snd_una
+
+    @property
+    def send_space(self) -> int:
+        """Bytes ``send`` would accept now."""
+        return max(0, self.config.send_buffer - len(self.snd_buf))
+
+    def _recv_window(self) -> int:
+        """Window we can offer now (bytes from RCV.NXT)."""
+        return max(0, min(self.rcv_space, self.config.recv_buffer) - len(self.rcv_buf))
+
+    def _wnd_field(self) -> int:
+        """The 16-bit window to advertise; moves ``rcv_adv`` right, never left."""
+        shift = self.rcv_wscale if self.ws_ok else 0
+        new = self._recv_window() >> shift
+        old = self.rcv_adv - self.rcv_nxt
+        if old > 0:
+            old_field = (old + (1 << shift) - 1) >> shift
+            if old_field > new:
+                new = old_field
+        if new > 0xFFFF:
+            new = 0xFFFF
+        edge = self.rcv_nxt + (new << shift)
+        if edge > self.rcv_adv:
+            self.rcv_adv = edge
+        return new
+
+    def _segment(self, flags: int, seq_off: int, payload: bytes = b"", now: float = 0.0) -> Segment:
+        """Build an outgoing segment carrying our current ACK, window and options."""
+        seg = Segment(self.local_port, self.remote_port, (self.iss + seq_off) & MASK, 0, flags, 0, payload)
+        if flags & ACK:
+            seg.ack = (self.irs + self.rcv_nxt) & MASK
+            self.last_ack_sent = self.rcv_nxt
+            self._ack_now = False
+            self.delack_deadline = None
+            self._rcv_unacked = 0
+        if flags & SYN:
+            seg.wnd = min(self._recv_window(), 0xFFFF)
+            self.rcv_adv = max(self.rcv_adv, self.rcv_nxt + seg.wnd)
+            seg.mss = self.config.mss
+            if self.config.sack and (not (flags & ACK) or self.sack_ok):
+                seg.sack_perm = True
+            if self.config.window_scaling and (not (flags & ACK) or self.ws_ok):
+                seg.wscale = self.rcv_wscale
+            if self.config.timestamps and (not (flags & ACK) or self.ts_ok):
+                seg.tsval = self._tsval(now)
+                seg.tsecr = self.ts_recent if flags & ACK else 0
+            return seg
+        seg.wnd = self._wnd_field()
+        if self.ts_ok:
+            seg.tsval = self._tsval(now)
+            seg.tsecr = self.ts_recent
+        if self.sack_ok and (self._dsack or self._sack_recent) and flags & ACK:
+            seg.sack = self._sack_blocks()
+        return seg
+
+    def _sack_blocks(self) -> tuple[tuple[int, int], ...]:
+        """SACK blocks, D-SACK first, then the most recent (RFC 2018 §4, RFC 2883 §4)."""
+        limit = 3 if self.ts_ok else 4
+        irs = self.irs
+        out = []
+        if self._dsack is not None:
+            a, b = self._dsack
+            out.append(((irs + a) & MASK, (irs + b) & MASK))
+            self._dsack = None
+        for a, b in self._sack_recent:
+            if len(out) >= limit:
+                break
+            out.append(((irs + a) & MASK, (irs + b) & MASK))
+        return tuple(out)
+
+    def _queue_ack(self) -> None:
+        self._ack_now = True
+
+    # ---------------------------------------------------------------- open/close
+    def connect(self, now: float) -> None:
+        """Active open (RFC 9293 §3.10.1): send SYN."""
+        if self.state != State.CLOSED:
+            raise LocalError(f"connect() in state {self.state.name}")
+        self.state = State.SYN_SENT
+        self.snd_una = 0
+        self.snd_max = 1
+        self._syn_tries = 1
+        self._ctl.append(self._segment(SYN, 0, now=now))
+        self._arm_rto(now)
+
+    def accept_syn(self, seg: Segment, now: float) -> None:
+        """Passive open from LISTEN (RFC 9293 §3.10.7.2): take the SYN, answer SYN-ACK."""
+        self.passive = True
+        self._take_syn(seg, now)
+        self.state = State.SYN_RECEIVED
+        self.snd_una = 0
+        self.snd_max = 1
+        self._syn_tries = 1
+        self._ctl.append(self._segment(SYN | ACK, 0, now=now))
+        self._arm_rto(now)
+
+    def _take_syn(self, seg: Segment, now: float) -> None:
+        """Record the peer's ISN and options (RFC 9293 §3.7.1, RFC 7323, RFC 2018)."""
+        cfg = self.config
+        self.irs = seg.seq
+        self.rcv_nxt = 1
+        self.rcv_adv = 1
+        self.mss_peer = seg.mss if seg.mss else TCP_DEFAULT_MSS
+        self.sack_ok = cfg.sack and seg.sack_perm
+        self.ws_ok = cfg.window_scaling and seg.wscale is not None
+        if self.ws_ok:
+            self.snd_wscale = min(seg.wscale, MAX_WSCALE)
+        else:
+            self.rcv_wscale = 0
+        self.ts_ok = cfg.timestamps and seg.tsval is not None
+        if self.ts_ok:
+            self.ts_recent = seg.tsval
+            self.ts_recent_time = now
+        mss = min(cfg.mss, self.mss_peer) - (12 if self.ts_ok else 0)
+        self.eff_mss = max(mss, 64)
+        self.cc.set_mss(self.eff_mss)
+        self.cc.cwnd = cfg.initial_window_segments * self.eff_mss
+
+    def shutdown(self) -> None:
+        """Half-close: a FIN follows the data already queued (RFC 9293 §3.10.4)."""
+        if self.fin_off is not None:
+            return
+        if self.state in (State.CLOSED, State.LISTEN):
+            raise LocalError(f"shutdown() in state {self.state.name}")
+        self.fin_off = self.snd_buf_start + len(self.snd_buf)
+        if self.wake is not None:
+            self.wake(self)
+
+    close = shutdown
+
+    def abort(self) -> None:
+        """Reset the connection and forget it (RFC 9293 §3.10.5)."""
+        if self.state == State.CLOSED:
+            return
+        if self.state in _SYNCHRONIZED or self.state == State.SYN_RECEIVED:
+            self._ctl.append(Segment(self.local_port, self.remote_port,
+                                     (self.iss + self.snd_max) & MASK, 0, RST))
+        self._enter_closed()
+        if self.wake is not None:
+            self.wake(self)
+
+    def _enter_closed(self) -> None:
+        if self.state == State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.rto_deadline = self.delack_deadline = self.persist_deadline = None
+        self.keepalive_deadline = self.timewait_deadline = None
+        self.snd_buf = bytearray()
+        self._ooo_starts.clear()
+        self._ooo_data.clear()
+        self._emit(Closed(self))
+
+    def _fail(self, reason: str) -> None:
+        """Local failure (user timeout, keepalive): tell the app, reset the peer."""
+        self._emit(Error(self, reason))
+        self.abort()
+
+    # ------------------------------------------------------------- application
+    def send(self, data: bytes) -> int:
+        """Queue data; returns how many bytes fit in the send buffer."""
+        if self.state not in _CAN_SEND and self.state not in (State.SYN_SENT, State.SYN_RECEIVED):
+            raise LocalError(f"send() in state {self.state.name}")
+        if self.fin_off is not None:
+            raise LocalError("send() after shutdown()")
+        room = self.config.send_buffer - len(self.snd_buf)
+        n = len(data)
+        if n > room:
+            n = max(room, 0)
+            self._writer_blocked = True
+        if n:
+            self.snd_buf += data[:n] if n < len(data) else data
+            if self.wake is not None:
+                self.wake(self)
+        return n
+
+    def recv(self, max_bytes: int = -1) -> bytes:
+        """Read in-order data; ``b""`` when none is buffered."""
+        buf = self.rcv_buf
+        if not buf:
+            return b""
+        if max_bytes < 0 or max_bytes >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:max_bytes])
+            del buf[:max_bytes]
+        self._tune_copied += len(data)
+        if self.state in _RECEIVES_DATA:
+            # Window update when the offered window grew by at least one MSS after
+            # having shrunk below half of the target (receiver SWS avoidance, RFC 9293 §3.8.6.2.2).
+            wnd_adv = self.rcv_adv - self.rcv_nxt
+            if wnd_adv < (self.rcv_space >> 1) and self._recv_window() - wnd_adv >= self.eff_mss:
+                self._ack_now = True
+                if self.wake is not None:
+                    self.wake(self)
+        return data
+
+    @property
+    def readable(self) -> int:
+        return len(self.rcv_buf)
+
+    # ------------------------------------------------------------------- input
+    def receive(self, seg: Segment, now: float) -> None:
+        """Process one incoming segment (RFC 9293 §3.10.7)."""
+        self.segs_in += 1
+        st = self.state
+        if st == State.CLOSED:
+            return
+        if st == State.SYN_SENT:
+            self._receive_syn_sent(seg, now)
+            return
+        flags = seg.flags
+        self._last_recv = now
+        self._keepalive_sent = 0
+        rcv_nxt = self.rcv_nxt
+        seq = rcv_nxt + seq_sub(seg.seq, (self.irs + rcv_nxt) & MASK)
+        payload = seg.payload
+        plen = len(payload)
+
+        if flags & SYN:
+            if st == State.SYN_RECEIVED and not flags & ACK and seg.seq == self.irs:
+                # The peer retransmitted its SYN: our SYN-ACK was lost.
+                self._ctl.append(self._segment(SYN | ACK, 0, now=now))
+                return
+            if st == State.TIME_WAIT:
+                self._challenge_ack(now)
+                return
+            # RFC 5961 §4: any SYN in a synchronized state gets a challenge ACK.
+            if not flags & RST:
+                self._challenge_ack(now)
+                return
+
+        # RFC 7323 §5.3 R1: PAWS.
+        if self.ts_ok and seg.tsval is not None and not flags & RST and self.ts_recent_time is not None:
+            if seq_lt(seg.tsval, self.ts_recent) and now - self.ts_recent_time < TS_VALID_FOR:
+                self.paws_drops += 1
+                self._queue_ack()
+                return
+
+        # First check: is the segment acceptable? (RFC 9293 §3.10.7.4)
+        seg_len = plen + (1 if flags & FIN else 0)
+        wnd = self.rcv_adv - rcv_nxt
+        if wnd < 0:
+            wnd = 0
+        if seg_len == 0:
+            ok = seq == rcv_nxt if wnd == 0 else rcv_nxt <= seq <= rcv_nxt + wnd
+        elif wnd == 0:
+            ok = seq == rcv_nxt   # take its ACK and FIN; data beyond the window is trimmed
+        else:
+            end = seq + seg_len
+            ok = (rcv_nxt <= seq < rcv_nxt + wnd) or (rcv_nxt < end <= rcv_nxt + wnd) or (seq < rcv_nxt < end)
+        if not ok:
+            if not flags & RST:
+                if seg_len and seq + seg_len <= rcv_nxt:
+                    self.dup_segs_in += 1
+                    if self.sack_ok and plen:
+                        self._dsack = (seq, min(seq + plen, rcv_nxt))
+                self._queue_ack()
+            return
+
+        # Second check: RST (RFC 5961 §3.2).
+        if flags & RST:
+            if seq == rcv_nxt:
+                if st == State.SYN_RECEIVED and self.passive:
+                    self._enter_closed()   # back to LISTEN: the listener is the endpoint's
+                    return
+                self._emit(Reset(self))
+                self._enter_closed()
+            else:
+                self._challenge_ack(now)
+            return
+
+        # Fifth check: ACK.
+        if not flags & ACK:
+            return
+        ack = self.snd_una + seq_sub(seg.ack, (self.iss + self.snd_una) & MASK)
+        if st == State.SYN_RECEIVED:
+            if 0 < ack <= self.snd_max:
+                self.state = st = State.ESTABLISHED
+                self.snd_una = 1
+                self.bytes_acked = 0
+                self._update_window(seg, seq, ack, force=True)
+                self.rto_deadline = None
+                self.rtt.reset_backoff()
+                if self._timed is None and self._syn_tries == 1:
+                    self.rtt.on_sample(max(now - self.created, 0.0), now)
+                self._emit(Connected(self))
+                if self.fin_off is not None:
+                    pass  # FIN goes out with the next output
+            else:
+                self._ctl.append(Segment(self.local_port, self.remote_port, seg.ack, 0, RST))
+                return
+
+        # RFC 7323 §4.3: update TS.Recent from in-order segments.
+        if self.ts_ok and seg.tsval is not None and seq <= self.last_ack_sent:
+            self.ts_recent = seg.tsval
+            self.ts_recent_time = now
+
+        if ack > self.snd_max:
+            # RFC 5961 §5.2 / RFC 9293: ACK for something not yet sent.
+            self._queue_ack()
+            return
+        if ack < self.snd_una - self.max_snd_wnd:
+            self._challenge_ack(now)
+            return
+
+        self._process_ack(seg, seq, ack, plen, now)
+        if self.state == State.CLOSED:
+            return
+
+        # Seventh check: segment text.
+        if plen and self.state in _RECEIVES_DATA:
+            self._receive_data(seq, payload, now)
+
+        # Eighth check: FIN.
+        if flags & FIN:
+            fin_at = seq + plen
+            if self.fin_rcvd_off is None and fin_at >= self.rcv_nxt:
+                self.fin_rcvd_off = fin_at
+            if self.state == State.TIME_WAIT:
+                self._queue_ack()
+                self.timewait_deadline = now + self.config.time_wait
+        if self.fin_rcvd_off is not None and self.fin_rcvd_off == self.rcv_nxt:
+            self._take_fin(now)
+
+    def _receive_syn_sent(self, seg: Segment, now: float) -> None:
+        """RFC 9293 §3.10.7.3, including simultaneous open."""
+        flags = seg.flags
+        if flags & ACK:
+            ack = seq_sub(seg.ack, self.iss)
+            if ack <= 0 or ack > self.snd_max:
+                if not flags & RST:
+                    self._ctl.append(Segment(self.local_port, self.remote_port, seg.ack, 0, RST))
+                return
+            if flags & RST:
+                self._emit(Reset(self))
+                self._enter_closed()
+                return
+        elif flags & RST:
+            return
+        if not flags & SYN:
+            return
+        self._last_recv = now
+        self._take_syn(seg, now)
+        if flags & ACK:
+            self.snd_una = 1
+            self.state = State.ESTABLISHED
+            self._update_window(seg, 0, 1, force=True)
+            self.rto_deadline = None
+            self.rtt.reset_backoff()
+            if self._syn_tries == 1:
+                self.rtt.on_sample(max(now - self.created, 0.0), now)
+            self._emit(Connected(self))
+            self._queue_ack()
+            if seg.payload:
+                self._receive_data(1, seg.payload, now)
+            if flags & FIN:
+                self.fin_rcvd_off = 1 + len(seg.payload)
+                if self.fin_rcvd_off == self.rcv_nxt:
+                    self._take_fin(now)
+        else:
+            # Simultaneous open: SYN-SENT -> SYN-RECEIVED, answer SYN-ACK with our ISS.
+            self.state = State.SYN_RECEIVED
+            self._ctl.append(self._segment(SYN | ACK, 0, now=now))
+            self._arm_rto(now)
+
+    def _challenge_ack(self, now: float) -> None:
+        """RFC 5961 §7: challenge ACKs, at most ``challenge_ack_limit`` per second."""
+        times = self._challenge_times
+        while times and now - times[0] >= 1.0:
+            times.popleft()
+        if len(times) >= self.config.challenge_ack_limit:
+            return
+        times.append(now)
+        self.challenge_acks += 1
+        self._ctl.append(self._segment(ACK, self.snd_max, now=now))
+
+    def _update_window(self, seg: Segment, seq: int, ack: int, force: bool = False) -> None:
+        """SND.WND update rule (RFC 9293 §3.10.7.4, fifth check)."""
+        if force or self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
+            wnd = seg.wnd << self.snd_wscale if not seg.flags & SYN else seg.wnd
+            self.snd_wl1 = seq
+            self.snd_wl2 = ack
+            edge = ack + wnd
+            if edge > self.snd_wnd_edge or force:
+                self.snd_wnd_edge = edge
+            else:
+                # A shrinking window: honour it for new data, never retract what was sent.
+                self.snd_wnd_edge = max(edge, self.snd_una)
+            if wnd > self.max_snd_wnd:
+                self.max_snd_wnd = wnd
+            if wnd > 0:
+                self.persist_deadline = None
+                self._persist_backoff = 0
+
+    def _process_ack(self, seg: Segment, seq: int, ack: int, plen: int, now: float) -> None:
+        """Acknowledgment processing: window, RTT, SACK scoreboard, recovery, FIN states."""
+        old_edge = self.snd_wnd_edge
+        self._update_window(seg, seq, ack)
+        snd_una = self.snd_una
+        newly_sacked = 0
+        if self.sack_ok and seg.sack:
+            newly_sacked = self._take_sack(seg.sack, ack)
+        acked = ack - snd_una
+        if acked > 0:
+            self._ack_advanced(ack, acked, seg, now)
+        elif (ack == snd_una and self.snd_max > snd_una
+              and (newly_sacked > 0 if self.sack_ok else
+                   (plen == 0 and not seg.flags & FIN and self.snd_wnd_edge == old_edge))):
+            self.dupacks += 1
+        if self.snd_max > self.snd_una:
+            self._loss_detection(now)
+
+        st = self.state
+        if self.fin_off is not None and self.snd_una > self.fin_off:
+            if st == State.FIN_WAIT_1:
+                self.state = State.FIN_WAIT_2
+            elif st == State.CLOSING:
+                self._enter_time_wait(now)
+            elif st == State.LAST_ACK:
+                self._enter_closed()
+
+    def _take_sack(self, blocks: tuple[tuple[int, int], ...], ack: int) -> int:
+        """Merge SACK blocks into the scoreboard (RFC 2018 §5); D-SACK blocks are skipped."""
+        base = self.snd_una
+        base_wire = (self.iss + base) & MASK
+        new = 0
+        for i, (left, right) in enumerate(blocks):
+            a = base + seq_sub(left, base_wire)
+            b = base + seq_sub(right, base_wire)
+            if b <= a or b > self.snd_max:
+                continue
+            if a < ack or (i == 0 and len(blocks) > 1 and blocks[1][0] != left and
+                           self._covers_wire(blocks[1], a, b, base, base_wire)):
+                continue  # D-SACK (RFC 2883 §4): a duplicate, not new information
+            new += self.sacked.add(a, b)
+        return new
+
+    @staticmethod
+    def _covers_wire(block: tuple[int, int], a: int, b: int, base: int, base_wire: int) -> bool:
+        a2 = base + seq_sub(block[0], base_wire)
+        b2 = base + seq_sub(block[1], base_wire)
+        return a2 <= a and b <= b2
+
+    def _ack_advanced(self, ack: int, acked: int, seg: Segment, now: float) -> None:
+        """New data acknowledged (RFC 9293 §3.10.7.4, RFC 6298 §5.3, RFC 5681)."""
+        self.snd_una = ack
+        self.bytes_acked += acked
+        self._last_progress = now
+        self.dupacks = 0
+        # Release acknowledged data from the send buffer.
+        drop = ack - self.snd_buf_start
+        if self.fin_off is not None and ack > self.fin_off:
+            drop = self.fin_off - self.snd_buf_start
+        if drop > 0:
+            del self.snd_buf[:drop]
+            self.snd_buf_start += drop
+            if self._writer_blocked and len(self.snd_buf) < self.config.send_buffer:
+                self._writer_blocked = False
+                self._emit(Writable(self))
+        if self.sacked:
+            self.sacked.remove_below(ack)
+        # RTT: a timed, never-retransmitted segment; else the echoed timestamp.
+        sample = None
+        sample_from_ts = False
+        timed = self._timed
+        if timed is not None and ack >= timed[0]:
+            sample = now - timed[1]
+            self._timed = None
+        elif self.ts_ok and seg.tsecr and not self.rto_recovery:
+            sample = now - self._ts_to_time(seg.tsecr)
+            sample_from_ts = True
+            if sample < 0 or sample > 120.0:
+                sample = None
+        if sample is not None:
+            # RFC 7323 App. G: many samples per window move SRTT/RTTVAR proportionally less.
+            per_window = max(1, -(-self.flight // (2 * self.eff_mss))) if sample_from_ts else 1
+            self.rtt.on_sample(max(sample, 0.0), now, per_window)
+        # Congestion control and recovery.
+        if self.in_recovery:
+            if ack >= self.recovery_point:
+                self.in_recovery = False
+                self.rto_recovery = False
+                self.cc.on_recovery_exit(now)
+            elif self.rto_recovery:
+                self.cc.on_ack(acked, now, self.rtt.srtt, self.flight, self._app_limited())
+            elif not self.sack_ok:
+                # RFC 6582 §3.2 step 3: a partial ACK; the next hole is lost too.
+                self.high_rxt = ack
+                self.lost_point = max(self.lost_point, min(ack + self.eff_mss, self.snd_max))
+        else:
+            self.cc.on_ack(acked, now, self.rtt.srtt, self.flight, self._app_limited())
+        if self.high_rxt < ack:
+            self.high_rxt = ack
+        # RFC 6298 §5.2/5.3.
+        if self.snd_max > ack:
+            self.rto_deadline = now + self.rtt.rto
+        else:
+            self.rto_deadline = None
+            self.rtt.reset_backoff()
+
+    def _app_limited(self) -> bool:
+        """The application, not cwnd, limited the sender (RFC 7661 §4.3 spirit): no growth."""
+        unsent = self.snd_buf_start + len(self.snd_buf) - self.snd_max
+        return unsent <= 0 and self.snd_max - self.snd_una + self.eff_mss < (self.cc.cwnd >> 1)
+
+    def _loss_detection(self, now: float) -> None:
+        """Enter fast recovery on DupThresh duplicates or IsLost (RFC 6675 §5, RFC 6582 §3.2)."""
+        if self.sack_ok and self.sacked:
+            thresh = (DUP_THRESH - 1) * self.eff_mss
+            acc = 0
+            for a, b in self.sacked.ranges_from_top():
+                acc += b - a
+                if acc > thresh:
+                    if a > self.lost_point:
+                        self.lost_point = a
+                    break
+        if self.in_recovery:
+            return
+        first_lost = self.lost_point > self.snd_una
+        if self.dupacks >= DUP_THRESH or first_lost:
+            self.in_recovery = True
+            self.rto_recovery = False
+            self.recoveries += 1
+            self.recovery_point = self.snd_max
+            self.high_rxt = self.snd_una
+            if self.lost_point <= self.snd_una:
+                self.lost_point = min(self.snd_una + self.eff_mss, self.snd_max)
+            self.cc.on_congestion_event(now, self.flight)
+
+    def _receive_data(self, seq: int, payload: bytes, now: float) -> None:
+        """Place received text (RFC 9293 §3.10.7.4 seventh check), reassembling out of order."""
+        rcv_nxt = self.rcv_nxt
+        end = seq + len(payload)
+        # Trim what is already received and what lies beyond the window.
+        if seq < rcv_nxt:
+            if self.sack_ok:
+                self._dsack = (seq, min(end, rcv_nxt))
+            self.dup_segs_in += 1
+            payload = payload[rcv_nxt - seq:]
+            seq = rcv_nxt
+            self._ack_now = True
+        limit = self.rcv_adv
+        if end > limit:
+            payload = payload[: max(0, limit - seq)]
+            end = seq + len(payload)
+            self._ack_now = True
+        if not payload:
+            return
+        self.bytes_received += len(payload)
+        if seq == rcv_nxt:
+            had = bool(self.rcv_buf)
+            self.rcv_buf += payload
+            self.rcv_nxt = end
+            if self.ooo:
+                self._pull_ooo()
+                self._ack_now = True
+            if not had:
+                self._emit(Readable(self))
+            self._rcv_unacked += len(payload)
+            if self._quickack > 0:
+                self._quickack -= 1
+                self._ack_now = True
+            elif self._rcv_unacked >= 2 * self.eff_mss:
+                self._ack_now = True
+            elif self.delack_deadline is None:
+                self.delack_deadline = now + self.config.delayed_ack
+            self._autotune(now)
+        else:
+            self.ooo_segs_in += 1
+            self._insert_ooo(seq, payload)
+            self._ack_now = True   # RFC 5681 §4.2: out-of-order data is acknowledged at once
+
+    def _insert_ooo(self, seq: int, payload: bytes) -> None:
+        end = seq + len(payload)
+        if self.ooo.covers(seq, end):
+            self.dup_segs_in += 1
+            if self.sack_ok:
+                self._dsack = (seq, end)
+            return
+        if len(self._ooo_starts) >= self.config.ooo_segments:
+            return  # memory bound: the sender will retransmit it
+        # Store only the parts not yet held, so stored pieces never overlap.
+        pos = seq
+        while pos < end:
+            gap = self.ooo.first_gap(pos, end)
+            if gap is None:
+                break
+            a, b = gap
+            piece = payload[a - seq: b - seq]
+            from bisect import insort
+            insort(self._ooo_starts, a)
+            self._ooo_data[a] = piece
+            pos = b
+        self.ooo.add(seq, end)
+        blk = self.ooo.range_at(seq)
+        if blk is not None:
+            recent = [blk]
+            for r in self._sack_recent:
+                if r[1] < blk[0] or r[0] > blk[1]:
+                    if self.ooo.covers(r[0], r[1]):
+                        recent.append(self.ooo.range_at(r[0]))
+                if len(recent) >= 4:
+                    break
+            self._sack_recent = recent
+
+    def _pull_ooo(self) -> None:
+        """Move stored segments that became in-order into the receive buffer."""
+        starts, data = self._ooo_starts, self._ooo_data
+        rcv_nxt = self.rcv_nxt
+        i = 0
+        while i < len(starts) and starts[i] <= rcv_nxt:
+            s = starts[i]
+            piece = data.pop(s)
+            e = s + len(piece)
+            if e > rcv_nxt:
+                self.rcv_buf += piece[rcv_nxt - s:]
+                rcv_nxt = e
+            i += 1
+        del starts[:i]
+        self.rcv_nxt = rcv_nxt
+        self.ooo.remove_below(rcv_nxt)
+        self._sack_recent = [r for r in self._sack_recent if r[0] >= rcv_nxt and self.ooo.covers(*r)]
+
+    def _take_fin(self, now: float) -> None:
+        """Eighth check: the FIN is in order (RFC 9293 §3.10.7.4)."""
+        self.rcv_nxt += 1
+        self.fin_rcvd_off = -1   # consumed
+        self._ack_now = True
+        st = self.state
+        self._emit(PeerClosed(self))
+        if st in (State.SYN_RECEIVED, State.ESTABLISHED):
+            self.state = State.CLOSE_WAIT
+        elif st == State.FIN_WAIT_1:
+            if self.fin_off is not None and self.snd_una > self.fin_off:
+                self._enter_time_wait(now)
+            else:
+                self.state = State.CLOSING
+        elif st == State.FIN_WAIT_2:
+            self._enter_time_wait(now)
+
+    def _enter_time_wait(self, now: float) -> None:
+        self.state = State.TIME_WAIT
+        self.rto_deadline = self.persist_deadline = self.keepalive_deadline = None
+        self.timewait_deadline = now + self.config.time_wait
+
+    def _autotune(self, now: float) -> None:
+        """Grow the offered window with the application's reading rate (DRS-like)."""
+        rtt = self.rtt.srtt or self.rcv_rtt or 0.05
+        if now - self._tune_start < max(rtt, 0.001):
+            return
+        copied = self._tune_copied
+        self._tune_copied = 0
+        self._tune_start = now
+        cap = self.config.recv_buffer
+        if 2 * copied > self.rcv_space and self.rcv_space < cap:
+            self.rcv_space = min(cap, max(2 * copied, self.rcv_space))
+
+    # ------------------------------------------------------------------ timers
+    def _arm_rto(self, now: float) -> None:
+        if self.rto_deadline is None:
+            self.rto_deadline = now + self.rtt.rto
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which :meth:`handle_timer` has work to do."""
+        best = None
+        for t in (self.rto_deadline, self.delack_deadline, self.persist_deadline,
+                  self.keepalive_deadline, self.timewait_deadline):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every timer that is due at ``now``."""
+        if self.timewait_deadline is not None and now >= self.timewait_deadline:
+            self.timewait_deadline = None
+            self._enter_closed()
+            return
+        if self.rto_deadline is not None and now >= self.rto_deadline:
+            self.rto_deadline = None
+            self._on_rto(now)
+            if self.state == State.CLOSED:
+                return
+        if self.delack_deadline is not None and now >= self.delack_deadline:
+            self.delack_deadline = None
+            self._ack_now = True
+        if self.persist_deadline is not None and now >= self.persist_deadline:
+            self.persist_deadline = None
+            self._persist_backoff += 1
+            self._ctl.append(self._segment(ACK, self.snd_una - 1, now=now))
+        self._check_keepalive(now)
+
+    def _on_rto(self, now: float) -> None:
+        """Retransmission timeout (RFC 6298 §5.4-5.7)."""
+        cfg = self.config
+        self.rto_count += 1
+        st = self.state
+        if st in (State.SYN_SENT, State.SYN_RECEIVED):
+            if self._syn_tries > cfg.syn_retries:
+                self._emit(Error(self, "connection timed out (no answer to SYN)"))
+                self._enter_closed()
+                return
+            self._syn_tries += 1
+            self.rtt.backoff()
+            self.segs_retrans += 1
+            self._ctl.append(self._segment(SYN | (ACK if st == State.SYN_RECEIVED else 0), 0, now=now))
+            self._arm_rto(now)
+            return
+        if self.snd_max <= self.snd_una:
+            return
+        if now - self._last_progress >= cfg.user_timeout:
+            self._fail(f"user timeout: no acknowledgment for {cfg.user_timeout:g} s")
+            return
+        self.rtt.backoff()
+        self._timed = None
+        self.cc.on_rto(now, self.flight)
+        # Everything not SACKed is now lost; resend it in order under slow start.
+        self.in_recovery = True
+        self.rto_recovery = True
+        self.recovery_point = self.snd_max
+        self.high_rxt = self.snd_una
+        self.lost_point = self.snd_max
+        self.dupacks = 0
+        self.rto_deadline = now + self.rtt.rto
+
+    def _check_keepalive(self, now: float) -> None:
+        """Keepalive (RFC 9293 §3.8.4): probe an idle connection, fail after N silences."""
+        cfg = self.config
+        if cfg.keepalive_idle is None or self.state not in _SYNCHRONIZED or self.state == State.TIME_WAIT:
+            self.keepalive_deadline = None
+            return
+        due = self._last_recv + cfg.keepalive_idle + self._keepalive_sent * cfg.keepalive_interval
+        if now >= due:
+            if self._keepalive_sent >= cfg.keepalive_probes:
+                self._fail(f"peer unresponsive: {cfg.keepalive_probes} keepalive probes unanswered")
+                return
+            self._keepalive_sent += 1
+            self._ctl.append(self._segment(ACK, self.snd_una - 1, now=now))
+            due = self._last_recv + cfg.keepalive_idle + self._keepalive_sent * cfg.keepalive_interval
+        self.keepalive_deadline = due
+
+    # ------------------------------------------------------------------ output
+    def _pipe(self) -> int:
+        """Bytes believed in the network (RFC 6675 §4 SetPipe, in range arithmetic)."""
+        p = self.snd_max - self.snd_una - self.sacked.total
+        if self.in_recovery:
+            lo = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
+            hi = self.lost_point
+            if hi > lo:
+                p -= (hi - lo) - self.sacked.count_in(lo, hi)
+            if not self.sack_ok and not self.rto_recovery:
+                p -= self.dupacks * self.eff_mss
+        return p if p > 0 else 0
+
+    def segments_to_send(self, now: float) -> list[Segment]:
+        """Everything to transmit now: control segments, retransmissions, new data, ACKs."""
+        out = self._ctl
+        self._ctl = []
+        st = self.state
+        if st in _SYNCHRONIZED and st != State.TIME_WAIT:
+            self._send_data(out, now)
+        if self._ack_now and st != State.CLOSED and st != State.SYN_SENT:
+            out.append(self._segment(ACK, self.snd_max, now=now))
+        if out:
+            self.segs_out += len(out)
+            if self.config.keepalive_idle is not None and self.keepalive_deadline is None:
+                self._check_keepalive(now)
+        return out
+
+    def _send_data(self, out: list[Segment], now: float) -> None:
+        """RFC 6675 §5 NextSeg loop plus new data under cwnd and the peer's window."""
+        mss = self.eff_mss
+        cwnd = self.cc.cwnd
+        pipe = self._pipe()
+        buf_end = self.snd_buf_start + len(self.snd_buf)
+        fin_off = self.fin_off
+        sent_any = False
+        while True:
+            room = cwnd - pipe
+            # 1. Retransmit lost holes in order.
+            if self.in_recovery and self.high_rxt < self.lost_point:
+                if room < mss and not (pipe == 0):
+                    break
+                start = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
+                gap = self.sacked.first_gap(start, self.lost_point)
+                if gap is None:
+                    self.high_rxt = self.lost_point
+                    continue
+                a, b = gap
+                if b > a + mss:
+                    b = a + mss
+                seg = self._data_segment(a, b, now)
+                self.high_rxt = b
+                self.segs_retrans += 1
+                self.bytes_retrans += b - a
+                if self._timed is not None and a < self._timed[0]:
+                    self._timed = None   # Karn: never time a retransmitted range
+                out.append(seg)
+                pipe += b - a
+                sent_any = True
+                continue
+            # 2. New data.
+            unsent = buf_end - self.snd_max
+            if fin_off is not None and self.snd_max <= fin_off:
+                unsent = fin_off - self.snd_max
+            wnd_room = self.snd_wnd_edge - self.snd_max
+            if unsent > 0:
+                usable = min(unsent, wnd_room, room)
+                if usable <= 0:
+                    if wnd_room <= 0 and self.flight == 0 and self.persist_deadline is None:
+                        self._arm_persist(now)
+                    break
+                if usable >= mss:
+                    n = mss
+                elif usable == unsent and (not self.config.nagle or self.flight == 0):
+                    n = usable
+                elif (usable >= (self.max_snd_wnd >> 1) and usable == min(unsent, wnd_room)
+                      and (not self.config.nagle or self.flight == 0)):
+                    n = usable
+                else:
+                    break
+                a = self.snd_max
+                if a == self.snd_una:
+                    self.cc.on_send(now, 0)   # restarting after idle: CUBIC shifts its epoch
+                seg = self._data_segment(a, a + n, now)
+                self.snd_max = a + n + (1 if seg.flags & FIN else 0)
+                self.bytes_sent += n
+                if self._timed is None:
+                    self._timed = (a + n, now)
+                out.append(seg)
+                pipe += n
+                sent_any = True
+                continue
+            # 3. A FIN with no data left.
+            if fin_off is not None and self.snd_max == fin_off:
+                seg = self._segment(ACK | FIN, fin_off, b"", now)
+                self.snd_max = fin_off + 1
+                out.append(seg)
+                sent_any = True
+                self._fin_sent()
+            break
+        if sent_any:
+            if self.flight == 0:
+                self._last_progress = now
+            self._arm_rto(now)
+
+    def _data_segment(self, a: int, b: int, now: float) -> Segment:
+        """A segment carrying offsets ``[a, b)``, with FIN when it reaches ``fin_off``."""
+        start = self.snd_buf_start
+        payload = bytes(self.snd_buf[a - start: b - start])
+        flags = ACK | PSH if b == self.snd_buf_start + len(self.snd_buf) else ACK
+        seg = self._segment(flags, a, payload, now)
+        fin_off = self.fin_off
+        if fin_off is not None and b == fin_off:
+            seg.flags |= FIN
+            if self.snd_max <= fin_off:
+                self._fin_sent()
+        return seg
+
+    def _fin_sent(self) -> None:
+        st = self.state
+        if st == State.ESTABLISHED:
+            self.state = State.FIN_WAIT_1
+        elif st == State.CLOSE_WAIT:
+            self.state = State.LAST_ACK
+
+    def _arm_persist(self, now: float) -> None:
+        """Zero-window probing with exponential backoff (RFC 9293 §3.8.6.1)."""
+        cfg = self.config
+        base = max(self.rtt.rto, cfg.persist_min)
+        self.persist_deadline = now + min(base * (1 << min(self._persist_backoff, 16)), cfg.persist_max)
+
+    # ------------------------------------------------------------------- stats
+    def stats(self) -> dict:
+        """A TCP_INFO-like snapshot."""
+        r = self.rtt
+        return {
+            "state": self.state.name,
+            "srtt": r.srtt,
+            "rttvar": r.rttvar,
+            "min_rtt": r.min_rtt,
+            "rto": r.rto,
+            "cwnd": self.cc.cwnd,
+            "ssthresh": self.cc.ssthresh,
+            "congestion_control": self.cc.name,
+            "mss": self.eff_mss,
+            "in_flight": self.flight,
+            "pipe": self._pipe(),
+            "snd_wnd": max(0, self.snd_wnd_edge - self.snd_una),
+            "rcv_wnd": max(0, self.rcv_adv - self.rcv_nxt),
+            "rcv_space": self.rcv_space,
+            "bytes_sent": self.bytes_sent,
+            "bytes_acked": self.bytes_acked,
+            "bytes_received": self.bytes_received,
+            "bytes_retrans": self.bytes_retrans,
+            "segs_out": self.segs_out,
+            "segs_in": self.segs_in,
+            "retransmitted_segments": self.segs_retrans,
+            "dup_segs_in": self.dup_segs_in,
+            "ooo_segs_in": self.ooo_segs_in,
+            "rto_count": self.rto_count,
+            "sack_recoveries": self.recoveries,
+            "challenge_acks": self.challenge_acks,
+            "paws_drops": self.paws_drops,
+            "sack": self.sack_ok,
+            "timestamps": self.ts_ok,
+            "wscale": (self.snd_wscale, self.rcv_wscale) if self.ws_ok else None,
+        }
