@@ -166,6 +166,7 @@ class Connection:
         self._ctl: list[Segment] = []   # RSTs, challenge ACKs, probes built during input
         self._ack_now = False
         self._challenge_times: deque[float] = deque()
+        self._rxt_now = False   # the next retransmission ignores cwnd
         self.wake = None   # set by the endpoint: called when an API call creates output
 
         # --- statistics ---
@@ -455,13 +456,17 @@ class Connection:
             if not flags & RST:
                 if seg_len and seq + seg_len <= rcv_nxt:
                     self.dup_segs_in += 1
-                    if self.sack_ok and plen:
-                        self._dsack = (seq, min(seq + plen, rcv_nxt))
+                    if plen:
+                        self._note_dsack(seq, min(seq + plen, rcv_nxt), now)
+                if st == State.TIME_WAIT and flags & FIN:
+                    self.timewait_deadline = now + self.config.time_wait   # a retransmitted FIN
                 self._queue_ack()
             return
 
         # Second check: RST (RFC 5961 §3.2).
         if flags & RST:
+            if st == State.TIME_WAIT:
+                return   # RFC 1337 §3 (TIME-WAIT assassination): ignore RST, keep waiting
             if seq == rcv_nxt:
                 if st == State.SYN_RECEIVED and self.passive:
                     self._enter_closed()   # back to LISTEN: the listener is the endpoint's
@@ -484,8 +489,7 @@ class Connection:
                 self._update_window(seg, seq, ack, force=True)
                 self.rto_deadline = None
                 self.rtt.reset_backoff()
-                if self._timed is None and self._syn_tries == 1:
-                    self.rtt.on_sample(max(now - self.created, 0.0), now)
+                self._handshake_rtt(now)
                 self._emit(Connected(self))
                 if self.fin_off is not None:
                     pass  # FIN goes out with the next output
@@ -544,14 +548,14 @@ class Connection:
             return
         self._last_recv = now
         self._take_syn(seg, now)
+        self.rcv_adv = self.rcv_nxt + self._recv_window()
         if flags & ACK:
             self.snd_una = 1
             self.state = State.ESTABLISHED
             self._update_window(seg, 0, 1, force=True)
             self.rto_deadline = None
             self.rtt.reset_backoff()
-            if self._syn_tries == 1:
-                self.rtt.on_sample(max(now - self.created, 0.0), now)
+            self._handshake_rtt(now)
             self._emit(Connected(self))
             self._queue_ack()
             if seg.payload:
@@ -565,6 +569,13 @@ class Connection:
             self.state = State.SYN_RECEIVED
             self._ctl.append(self._segment(SYN | ACK, 0, now=now))
             self._arm_rto(now)
+
+    def _handshake_rtt(self, now: float) -> None:
+        """First RTT sample from an unretransmitted SYN; else RTO = 3 s (RFC 6298 §5.7)."""
+        if self._syn_tries == 1:
+            self.rtt.on_sample(max(now - self.created, 0.0), now)
+        else:
+            self.rtt.fallback_after_syn_timeout()
 
     def _challenge_ack(self, now: float) -> None:
         """RFC 5961 §7: challenge ACKs, at most ``challenge_ack_limit`` per second."""
@@ -690,6 +701,7 @@ class Connection:
                 # RFC 6582 §3.2 step 3: a partial ACK; the next hole is lost too.
                 self.high_rxt = ack
                 self.lost_point = max(self.lost_point, min(ack + self.eff_mss, self.snd_max))
+                self._rxt_now = True
         else:
             self.cc.on_ack(acked, now, self.rtt.srtt, self.flight, self._app_limited())
         if self.high_rxt < ack:
@@ -729,6 +741,7 @@ class Connection:
             if self.lost_point <= self.snd_una:
                 self.lost_point = min(self.snd_una + self.eff_mss, self.snd_max)
             self.cc.on_congestion_event(now, self.flight)
+            self._rxt_now = True
 
     def _receive_data(self, seq: int, payload: bytes, now: float) -> None:
         """Place received text (RFC 9293 §3.10.7.4 seventh check), reassembling out of order."""
@@ -736,8 +749,7 @@ class Connection:
         end = seq + len(payload)
         # Trim what is already received and what lies beyond the window.
         if seq < rcv_nxt:
-            if self.sack_ok:
-                self._dsack = (seq, min(end, rcv_nxt))
+            self._note_dsack(seq, min(end, rcv_nxt), now)
             self.dup_segs_in += 1
             payload = payload[rcv_nxt - seq:]
             seq = rcv_nxt
@@ -770,18 +782,31 @@ class Connection:
             self._autotune(now)
         else:
             self.ooo_segs_in += 1
-            self._insert_ooo(seq, payload)
-            self._ack_now = True   # RFC 5681 §4.2: out-of-order data is acknowledged at once
+            if self._insert_ooo(seq, payload, now):
+                # RFC 5681 §4.2: an immediate ACK for each out-of-order segment, so that
+                # a batch of arrivals does not collapse into one ACK whose SACK blocks
+                # cannot describe every range (RFC 2018 §4 wants each reported).
+                self._ctl.append(self._segment(ACK, self.snd_max, now=now))
 
-    def _insert_ooo(self, seq: int, payload: bytes) -> None:
+    def _note_dsack(self, a: int, b: int, now: float) -> None:
+        """Report a duplicate in the next ACK (RFC 2883 §4); one ACK per duplicate."""
+        if not self.sack_ok:
+            return
+        if self._dsack is not None:
+            self._ctl.append(self._segment(ACK, self.snd_max, now=now))
+        self._dsack = (a, b)
+        self._ack_now = True
+
+    def _insert_ooo(self, seq: int, payload: bytes, now: float) -> bool:
+        """Keep an out-of-order segment; False when it was a duplicate (D-SACK queued)."""
         end = seq + len(payload)
         if self.ooo.covers(seq, end):
             self.dup_segs_in += 1
-            if self.sack_ok:
-                self._dsack = (seq, end)
-            return
+            self._note_dsack(seq, end, now)
+            return False
         if len(self._ooo_starts) >= self.config.ooo_segments:
-            return  # memory bound: the sender will retransmit it
+            self._ack_now = True
+            return False  # memory bound: the sender will retransmit it
         # Store only the parts not yet held, so stored pieces never overlap.
         pos = seq
         while pos < end:
@@ -805,6 +830,7 @@ class Connection:
                 if len(recent) >= 4:
                     break
             self._sack_recent = recent
+        return True
 
     def _pull_ooo(self) -> None:
         """Move stored segments that became in-order into the receive buffer."""
@@ -974,14 +1000,17 @@ class Connection:
         mss = self.eff_mss
         cwnd = self.cc.cwnd
         pipe = self._pipe()
-        buf_end = self.snd_buf_start + len(self.snd_buf)
         fin_off = self.fin_off
+        data_end = self.snd_buf_start + len(self.snd_buf) if fin_off is None else fin_off
+        was_idle = self.snd_max == self.snd_una
         sent_any = False
         while True:
             room = cwnd - pipe
-            # 1. Retransmit lost holes in order.
+            # 1. Retransmit lost holes in order. The first retransmission of a recovery
+            #    episode goes out whatever cwnd says (RFC 5681 §3.2 step 2, RFC 6675 §5
+            #    step 4.3, RFC 6582 §3.2 step 5).
             if self.in_recovery and self.high_rxt < self.lost_point:
-                if room < mss and not (pipe == 0):
+                if room < mss and pipe > 0 and not self._rxt_now:
                     break
                 start = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
                 gap = self.sacked.first_gap(start, self.lost_point)
@@ -990,74 +1019,74 @@ class Connection:
                     continue
                 a, b = gap
                 if b > a + mss:
-                    b = a + mss
+                    b = a + mss + (1 if fin_off is not None and a + mss == fin_off else 0)
                 seg = self._data_segment(a, b, now)
+                self._rxt_now = False
                 self.high_rxt = b
                 self.segs_retrans += 1
-                self.bytes_retrans += b - a
+                self.bytes_retrans += len(seg.payload)
                 if self._timed is not None and a < self._timed[0]:
                     self._timed = None   # Karn: never time a retransmitted range
                 out.append(seg)
                 pipe += b - a
                 sent_any = True
                 continue
-            # 2. New data.
-            unsent = buf_end - self.snd_max
-            if fin_off is not None and self.snd_max <= fin_off:
-                unsent = fin_off - self.snd_max
+            # 2. New data, and the FIN once all data is out.
+            unsent = data_end - self.snd_max
+            if unsent < 0:
+                break   # FIN already sent
+            if unsent == 0:
+                if fin_off is not None:
+                    out.append(self._data_segment(fin_off, fin_off + 1, now))
+                    self.snd_max = fin_off + 1
+                    sent_any = True
+                break
             wnd_room = self.snd_wnd_edge - self.snd_max
-            if unsent > 0:
-                usable = min(unsent, wnd_room, room)
-                if usable <= 0:
-                    if wnd_room <= 0 and self.flight == 0 and self.persist_deadline is None:
-                        self._arm_persist(now)
-                    break
-                if usable >= mss:
-                    n = mss
-                elif usable == unsent and (not self.config.nagle or self.flight == 0):
-                    n = usable
-                elif (usable >= (self.max_snd_wnd >> 1) and usable == min(unsent, wnd_room)
-                      and (not self.config.nagle or self.flight == 0)):
-                    n = usable
-                else:
-                    break
-                a = self.snd_max
-                if a == self.snd_una:
-                    self.cc.on_send(now, 0)   # restarting after idle: CUBIC shifts its epoch
-                seg = self._data_segment(a, a + n, now)
-                self.snd_max = a + n + (1 if seg.flags & FIN else 0)
-                self.bytes_sent += n
-                if self._timed is None:
-                    self._timed = (a + n, now)
-                out.append(seg)
-                pipe += n
-                sent_any = True
-                continue
-            # 3. A FIN with no data left.
-            if fin_off is not None and self.snd_max == fin_off:
-                seg = self._segment(ACK | FIN, fin_off, b"", now)
-                self.snd_max = fin_off + 1
-                out.append(seg)
-                sent_any = True
-                self._fin_sent()
-            break
+            usable = min(unsent, wnd_room, room)
+            if usable <= 0:
+                if wnd_room <= 0 and self.flight == 0 and self.persist_deadline is None:
+                    self._arm_persist(now)
+                break
+            idle = self.snd_max == self.snd_una
+            if usable >= mss:
+                n = mss
+            elif idle or (not self.config.nagle and
+                          (usable == unsent or usable >= (self.max_snd_wnd >> 1))):
+                # Sender SWS avoidance (RFC 9293 §3.8.6.2.1); with nothing in flight no
+                # ACK will come to clock us, so send what fits (the override timeout, at zero).
+                n = usable
+            else:
+                break
+            a = self.snd_max
+            if idle:
+                self.cc.on_send(now, 0)   # restarting after idle: CUBIC shifts its epoch
+            b = a + n + (1 if a + n == fin_off else 0)
+            out.append(self._data_segment(a, b, now))
+            self.snd_max = b
+            self.bytes_sent += n
+            if self._timed is None:
+                self._timed = (a + n, now)
+            pipe += n
+            sent_any = True
         if sent_any:
-            if self.flight == 0:
+            if was_idle:
                 self._last_progress = now
             self._arm_rto(now)
 
     def _data_segment(self, a: int, b: int, now: float) -> Segment:
-        """A segment carrying offsets ``[a, b)``, with FIN when it reaches ``fin_off``."""
+        """A segment covering offsets ``[a, b)``; it carries FIN when ``b`` passes ``fin_off``."""
         start = self.snd_buf_start
-        payload = bytes(self.snd_buf[a - start: b - start])
-        flags = ACK | PSH if b == self.snd_buf_start + len(self.snd_buf) else ACK
-        seg = self._segment(flags, a, payload, now)
         fin_off = self.fin_off
-        if fin_off is not None and b == fin_off:
-            seg.flags |= FIN
-            if self.snd_max <= fin_off:
-                self._fin_sent()
-        return seg
+        fin = fin_off is not None and b > fin_off
+        end = fin_off if fin else b
+        payload = bytes(self.snd_buf[a - start: end - start])
+        flags = ACK
+        if end == start + len(self.snd_buf) and payload:
+            flags |= PSH
+        if fin:
+            flags |= FIN
+            self._fin_sent()
+        return self._segment(flags, a, payload, now)
 
     def _fin_sent(self) -> None:
         st = self.state
