@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from toucli.stack import cc
 from toucli.stack.cc import INITIAL_SSTHRESH, CongestionControl, Cubic, NewReno
+from toucli.stack.cc.base import ABC_LIMIT
 from toucli.stack.cc.cubic import ALPHA, cubic_k
 from toucli.stack.errors import LocalError
 
@@ -101,8 +102,17 @@ def test_slow_start_doubles_with_delayed_acks(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ALGOS)
+def test_stretch_acks_count_every_byte_by_default(name: str) -> None:
+    """One ACK per receive batch: a stretch ACK of 8 segments grows cwnd by 8 segments."""
+    c = make(name)
+    c.on_ack(8 * MSS, 0.1, 0.1, 10 * MSS)
+    assert c.cwnd == 18 * MSS
+
+
+@pytest.mark.parametrize("name", ALGOS)
 def test_abc_limits_increase_to_two_smss_per_ack(name: str) -> None:
     c = make(name)
+    c.abc_limit = ABC_LIMIT
     c.on_ack(5 * MSS, 0.1, 0.1, 10 * MSS)
     assert c.cwnd == 12 * MSS
     c.on_ack(MSS // 2, 0.2, 0.1, 10 * MSS)   # partial segment counts in bytes
@@ -112,6 +122,7 @@ def test_abc_limits_increase_to_two_smss_per_ack(name: str) -> None:
 @pytest.mark.parametrize("name", ALGOS)
 def test_abc_limit_is_one_smss_in_slow_start_after_rto(name: str) -> None:
     c = make(name, 20)
+    c.abc_limit = ABC_LIMIT
     c.on_rto(1.0, 20 * MSS)
     assert c.cwnd == MSS
     c.on_ack(3 * MSS, 1.5, 0.1, MSS)
@@ -226,8 +237,8 @@ def test_undo_after_rto(name: str) -> None:
     c.on_rto(1.0, 30 * MSS)
     c.on_spurious_congestion(1.5)
     assert c.cwnd == 30 * MSS and c.ssthresh == INITIAL_SSTHRESH
-    c.on_ack(3 * MSS, 1.6, 0.1, 10 * MSS)  # back to normal slow start (L = 2 SMSS)
-    assert c.cwnd == 32 * MSS
+    c.on_ack(3 * MSS, 1.6, 0.1, 10 * MSS)  # back to normal slow start (every byte counts)
+    assert c.cwnd == 33 * MSS
 
 
 def test_set_mss_recomputes_iw_only_before_any_event() -> None:

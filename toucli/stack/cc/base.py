@@ -46,6 +46,12 @@ class CongestionControl:
     extend ``_snapshot``/``_restore`` with their own state for undo.
     """
 
+    #: RFC 3465 ABC limit L in segments per ACK during slow start, or None to count every
+    #: acknowledged byte (as Linux does). tou's receivers acknowledge once per receive
+    #: batch, so stretch ACKs are normal and a per-ACK limit would stall slow start;
+    #: pacing, not L, is what keeps the resulting bursts in check.
+    abc_limit: int | None = None
+
     name = "base"
 
     def __init__(self, mss: int, now: float, initial_window: int | None = None) -> None:
@@ -106,8 +112,11 @@ class CongestionControl:
 
     def _slow_start(self, acked: int) -> int:
         """RFC 5681 §3.1 + RFC 3465 ABC; returns acked bytes left over past ssthresh."""
-        limit = (1 if self._after_rto else ABC_LIMIT) * self.mss
-        inc = acked if acked < limit else limit
+        if self.abc_limit is None:
+            inc = acked
+        else:
+            limit = (1 if self._after_rto else self.abc_limit) * self.mss
+            inc = acked if acked < limit else limit
         room = self.ssthresh - self.cwnd
         if inc < room:
             self.cwnd = min(self.cwnd + inc, MAX_CWND)
