@@ -471,7 +471,8 @@ class Connection:
                 if st == State.SYN_RECEIVED and self.passive:
                     self._enter_closed()   # back to LISTEN: the listener is the endpoint's
                     return
-                self._emit(Reset(self))
+                if st not in (State.CLOSING, State.LAST_ACK):
+                    self._emit(Reset(self))   # RFC 9293 §3.10.7.4: CLOSING/LAST-ACK close quietly
                 self._enter_closed()
             else:
                 self._challenge_ack(now)
@@ -680,7 +681,9 @@ class Connection:
         if timed is not None and ack >= timed[0]:
             sample = now - timed[1]
             self._timed = None
-        elif self.ts_ok and seg.tsecr and not self.rto_recovery:
+        elif self.ts_ok and seg.tsecr:
+            # RFC 7323 §4.1: the echoed TSval names the transmission that was acknowledged,
+            # retransmissions included, so this sample is unambiguous (no Karn problem).
             sample = now - self._ts_to_time(seg.tsecr)
             sample_from_ts = True
             if sample < 0 or sample > 120.0:
