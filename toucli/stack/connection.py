@@ -27,7 +27,7 @@ from .events import Closed, Connected, Error, Event, PeerClosed, Readable, Reset
 from .rangeset import RangeSet
 from .rtt import RttEstimator
 from .segment import ACK, FIN, PSH, RST, SYN, Segment
-from .seq import MASK, seq_lt, seq_sub
+from .seq import HALF, MASK, seq_lt, seq_sub
 
 DUP_THRESH = 3                  # RFC 6675 §2 / RFC 5681 §3.2
 QUICKACK_SEGMENTS = 16          # ACK every segment at the start (receiver's slow-start helper)
@@ -52,6 +52,8 @@ class State(enum.IntEnum):
     TIME_WAIT = 10
 
 
+_ESTABLISHED = State.ESTABLISHED
+_PREDICTABLE = SYN | FIN | RST | 0x20 | ACK   # URG is 0x20; header prediction wants only ACK of these
 _SYNCHRONIZED = frozenset(
     {State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT,
      State.CLOSING, State.LAST_ACK, State.TIME_WAIT}
@@ -208,52 +210,67 @@ class Connection:
         return max(0, self.config.send_buffer - len(self.snd_buf))
 
     def _recv_window(self) -> int:
-        """Window we can offer now (bytes from RCV.NXT)."""
-        return max(0, min(self.rcv_space, self.config.recv_buffer) - len(self.rcv_buf))
+        """Window we can offer now (bytes from RCV.NXT); ``rcv_space`` never exceeds the buffer cap."""
+        w = self.rcv_space - len(self.rcv_buf)
+        return w if w > 0 else 0
 
     def _wnd_field(self) -> int:
         """The 16-bit window to advertise; moves ``rcv_adv`` right, never left."""
-        shift = self.rcv_wscale if self.ws_ok else 0
-        new = self._recv_window() >> shift
-        old = self.rcv_adv - self.rcv_nxt
+        shift = self.rcv_wscale
+        new = (self.rcv_space - len(self.rcv_buf)) >> shift
+        rcv_nxt = self.rcv_nxt
+        old = self.rcv_adv - rcv_nxt
         if old > 0:
             old_field = (old + (1 << shift) - 1) >> shift
             if old_field > new:
                 new = old_field
+        elif new < 0:
+            new = 0
         if new > 0xFFFF:
             new = 0xFFFF
-        edge = self.rcv_nxt + (new << shift)
+        edge = rcv_nxt + (new << shift)
         if edge > self.rcv_adv:
             self.rcv_adv = edge
         return new
 
     def _segment(self, flags: int, seq_off: int, payload: bytes = b"", now: float = 0.0) -> Segment:
         """Build an outgoing segment carrying our current ACK, window and options."""
-        seg = Segment(self.local_port, self.remote_port, (self.iss + seq_off) & MASK, 0, flags, 0, payload)
+        if flags & SYN:
+            return self._syn_segment(flags, now)
+        rcv_nxt = self.rcv_nxt
+        seg = Segment(self.local_port, self.remote_port, (self.iss + seq_off) & MASK,
+                      (self.irs + rcv_nxt) & MASK, flags, self._wnd_field(), payload)
         if flags & ACK:
-            seg.ack = (self.irs + self.rcv_nxt) & MASK
-            self.last_ack_sent = self.rcv_nxt
+            self.last_ack_sent = rcv_nxt
             self._ack_now = False
             self.delack_deadline = None
             self._rcv_unacked = 0
-        if flags & SYN:
-            seg.wnd = min(self._recv_window(), 0xFFFF)
-            self.rcv_adv = max(self.rcv_adv, self.rcv_nxt + seg.wnd)
-            seg.mss = self.config.mss
-            if self.config.sack and (not (flags & ACK) or self.sack_ok):
-                seg.sack_perm = True
-            if self.config.window_scaling and (not (flags & ACK) or self.ws_ok):
-                seg.wscale = self.rcv_wscale
-            if self.config.timestamps and (not (flags & ACK) or self.ts_ok):
-                seg.tsval = self._tsval(now)
-                seg.tsecr = self.ts_recent if flags & ACK else 0
-            return seg
-        seg.wnd = self._wnd_field()
+            if self.sack_ok and (self._dsack is not None or self._sack_recent):
+                seg.sack = self._sack_blocks()
+        else:
+            seg.ack = 0
         if self.ts_ok:
-            seg.tsval = self._tsval(now)
+            seg.tsval = (int(now * 1000.0) + self._ts_offset) & MASK
             seg.tsecr = self.ts_recent
-        if self.sack_ok and (self._dsack or self._sack_recent) and flags & ACK:
-            seg.sack = self._sack_blocks()
+        return seg
+
+    def _syn_segment(self, flags: int, now: float) -> Segment:
+        """SYN or SYN-ACK with our options (RFC 9293 §3.7.1, RFC 7323 §2-3, RFC 2018 §2)."""
+        cfg = self.config
+        synack = bool(flags & ACK)
+        wnd = min(self._recv_window(), 0xFFFF)   # never scaled in a SYN (RFC 7323 §2.2)
+        self.rcv_adv = max(self.rcv_adv, self.rcv_nxt + wnd)
+        seg = Segment(self.local_port, self.remote_port, self.iss, 0, flags, wnd, mss=cfg.mss)
+        if synack:
+            seg.ack = (self.irs + self.rcv_nxt) & MASK
+            self.last_ack_sent = self.rcv_nxt
+        if cfg.sack and (not synack or self.sack_ok):
+            seg.sack_perm = True
+        if cfg.window_scaling and (not synack or self.ws_ok):
+            seg.wscale = self.rcv_wscale
+        if cfg.timestamps and (not synack or self.ts_ok):
+            seg.tsval = self._tsval(now)
+            seg.tsecr = self.ts_recent if synack else 0
         return seg
 
     def _sack_blocks(self) -> tuple[tuple[int, int], ...]:
@@ -406,6 +423,10 @@ class Connection:
     def receive(self, seg: Segment, now: float) -> None:
         """Process one incoming segment (RFC 9293 §3.10.7)."""
         self.segs_in += 1
+        if (self.state is _ESTABLISHED and seg.flags & _PREDICTABLE == ACK and seg.sack is None
+                and not self.in_recovery and seg.seq == (self.irs + self.rcv_nxt) & MASK
+                and self._predicted(seg, now)):
+            return
         st = self.state
         if st == State.CLOSED:
             return
@@ -529,6 +550,39 @@ class Connection:
                 self.timewait_deadline = now + self.config.time_wait
         if self.fin_rcvd_off is not None and self.fin_rcvd_off == self.rcv_nxt:
             self._take_fin(now)
+
+    def _predicted(self, seg: Segment, now: float) -> bool:
+        """Header prediction (Jacobson, RFC 1185 era; 4.4BSD tcp_input's fast path).
+
+        An in-order segment on an ESTABLISHED connection that is either a pure ACK of
+        new data or pure in-order data with no new ACK, with a timestamp that passes
+        PAWS, needs none of the general checks: every one of them would pass. Returns
+        False (nothing changed) for anything else.
+        """
+        tsval = seg.tsval
+        if self.ts_ok and (tsval is None or ((tsval - self.ts_recent) & MASK) >= HALF):
+            return False
+        snd_una = self.snd_una
+        ack = snd_una + seq_sub(seg.ack, (self.iss + snd_una) & MASK)
+        payload = seg.payload
+        rcv_nxt = self.rcv_nxt
+        if payload:
+            if (ack != snd_una or self.ooo or self.fin_rcvd_off is not None
+                    or len(payload) > self.rcv_adv - rcv_nxt):
+                return False
+        elif ack <= snd_una or ack > self.snd_max or self.sacked:
+            return False
+        self._last_recv = now
+        self._keepalive_sent = 0
+        if self.ts_ok and rcv_nxt <= self.last_ack_sent:   # RFC 7323 §4.3
+            self.ts_recent = tsval
+            self.ts_recent_time = now
+        self._update_window(seg, rcv_nxt, ack)
+        if payload:
+            self._receive_data(rcv_nxt, payload, now)
+        else:
+            self._ack_advanced(ack, ack - snd_una, seg, now)
+        return True
 
     def _receive_syn_sent(self, seg: Segment, now: float) -> None:
         """RFC 9293 §3.10.7.3, including simultaneous open."""
