@@ -5,6 +5,12 @@ opaque hashable naming the remote host or secure session. The endpoint owns the
 listeners, derives initial sequence numbers with a keyed hash (RFC 6528), answers
 segments for which no connection exists with RST (RFC 9293 §3.10.7.1), and keeps
 one heap of deadlines so the caller sleeps until exactly one time.
+
+ACK coalescing is in the caller's hands: feed a batch of received segments with
+:meth:`Endpoint.receive`, then call :meth:`Endpoint.segments_to_send` once, and each
+connection answers the whole batch with one cumulative ACK (out-of-order and
+duplicate arrivals still get one ACK each, so no SACK information is lost). Calling
+``segments_to_send`` after every segment gives classic per-segment behaviour.
 """
 
 from __future__ import annotations
