@@ -368,3 +368,44 @@ def test_goodput_snapshot():
     assert table == SNAPSHOT.read_text(), (
         "goodput changed (a recovery or congestion-control regression shows up here; if the change "
         f"is intended, rerun with TOU_UPDATE_SNAPSHOTS=1).\nnow:\n{table}")
+
+
+def test_receive_window_grows_with_a_fast_reader():
+    """Auto-tuning: from a 64 KiB start, a reader that keeps up lets the offered window
+    grow towards the buffer cap, so a long fat path is not window-limited for long."""
+    cfg = ConnectionConfig(initial_recv_window=64 << 10, recv_buffer=4 << 20)
+    r = transfer(dict(delay=0.05, rate_bps=50e6, queue_bytes=1 << 20), 6 * MB, 0, seed=4, config=cfg)
+    assert_ok(r)
+    assert r.b.stats["rcv_space"] >= 1 << 20          # grew at least 16-fold
+    assert r.b.stats["rcv_space"] <= 4 << 20          # never past the cap
+    # 6 MiB over 100 ms RTT at 50 Mbit/s: a window stuck at 64 KiB (5 Mbit/s) would take ~10 s.
+    assert r.t_done < 4.0
+
+
+def test_receive_window_does_not_grow_without_reading():
+    """No reading, no growth: the window stays at its start and closes as data waits."""
+    cfg = ConnectionConfig(initial_recv_window=64 << 10, recv_buffer=4 << 20)
+    a = Endpoint(cfg, b"a" * 32)
+    b = Endpoint(cfg, b"b" * 32)
+    b.listen(80)
+    ca = a.connect("B", 40000, 80, 0.0)
+    now, cb = 0.0, None
+    for step in range(400):
+        now += 0.01
+        for src, dst, name in ((a, b, "A"), (b, a, "B")):
+            for _, seg in src.segments_to_send(now):
+                dst.receive(name, seg, now)
+        while (ev := b.next_event()) is not None:
+            cb = cb or ev.conn
+        while a.next_event() is not None:
+            pass
+        if ca.state.name == "ESTABLISHED" and ca.send_space:
+            ca.send(bytes(ca.send_space))
+        a.handle_timer(now)
+        b.handle_timer(now)
+    assert cb is not None
+    assert cb.rcv_space == 64 << 10
+    # The offered window, no more, but for rounding to the window-scale unit: like Linux,
+    # the engine rounds the remaining window up rather than shrink it (RFC 7323 §2.4).
+    assert 64 << 10 <= cb.readable < (64 << 10) + 2048
+    assert cb.stats()["rcv_wnd"] == 0
