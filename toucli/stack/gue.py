@@ -31,6 +31,7 @@ PROTO_NONE = 59          # "no next header": hides the transport (GUE-09 §3.2.1
 
 FLAG_T = 0x0400          # payload transform field follows (TOU-WIRE §1.3, §7 #1)
 TRANSFORM_DTLS = 1       # transform Type registry: 1 = DTLS (TOU-WIRE §2)
+FLAG_SESSION_ID = 0x0002  # tou session ID, 32 bits (encrypted profile only; docs/PROTOCOL.md §5.1)
 
 BASE_LEN = 4
 MAX_HEADER_LEN = BASE_LEN + 4 * 0x1F
@@ -39,6 +40,7 @@ MAX_HEADER_LEN = BASE_LEN + 4 * 0x1F
 # The only place that lists them; parsing and encoding derive everything from it.
 EXT_FIELDS: tuple[tuple[int, int], ...] = (
     (FLAG_T, 4),         # payload transform: Type(8) P_C_type(8) Data(16)
+    (FLAG_SESSION_ID, 4),  # session ID chosen by the server (toucli/session.py)
 )
 
 _FIELD_SIZE = dict(EXT_FIELDS)

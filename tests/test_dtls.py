@@ -1,0 +1,158 @@
+"""OpenSSL DTLS 1.2 through memory BIOs: cookies, retransmission, and fast-path interop."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from OpenSSL import SSL
+
+from toucli import dtls
+from toucli.keys import PrivateKey
+from toucli.record import CT_APPLICATION_DATA, FAST_PATH_SEQ_BASE, parse_record_header
+
+SERVER_KEY = PrivateKey.generate()
+CLIENT_KEY = PrivateKey.generate()
+ADDR = ("192.0.2.1", 40000)
+
+
+def handshake(cipher: bytes | None = None):
+    """Run a full handshake; returns (client Handshake, server Handshake)."""
+    sctx = dtls.make_context(True, SERVER_KEY, lambda p: None if p == CLIENT_KEY.public else "no")
+    cctx = dtls.make_context(False, CLIENT_KEY, lambda p: None if p == SERVER_KEY.public else "no")
+    if cipher is not None:
+        cctx.set_cipher_list(cipher)
+    jar = dtls.CookieJar(os.urandom)
+    client = dtls.Handshake.client(cctx, 0.0)
+    [hello] = client.take_output()
+    conn, hvr = dtls.listen(sctx, jar, hello, ADDR, 0.0)
+    assert conn is None and len(hvr) == 1
+    for rec in hvr:
+        client.feed(rec, 0.0)
+    [hello2] = client.take_output()
+    conn, none = dtls.listen(sctx, jar, hello2, ADDR, 0.0)
+    assert conn is not None and none == []
+    server = dtls.Handshake(conn, True, 0.0)
+    server.step(0.0)
+    for _ in range(4):
+        for rec in server.take_output():
+            client.feed(rec, 0.0)
+        for rec in client.take_output():
+            server.feed(rec, 0.0)
+    assert client.complete and server.complete
+    return client, server
+
+
+def drain(conn: SSL.Connection) -> bytes:
+    out = b""
+    while True:
+        try:
+            out += conn.bio_read(65536)
+        except SSL.WantReadError:
+            return out
+
+
+CIPHERS = [
+    (b"ECDHE-ECDSA-AES128-GCM-SHA256", "AES-128-GCM"),
+    (b"ECDHE-ECDSA-AES256-GCM-SHA384", "AES-256-GCM"),
+    (b"ECDHE-ECDSA-CHACHA20-POLY1305", "CHACHA20-POLY1305"),
+]
+
+
+@pytest.mark.parametrize(("suite", "cipher"), CIPHERS)
+def test_fast_path_interoperates_with_openssl_both_ways(suite: bytes, cipher: str) -> None:
+    client, server = handshake(suite)
+    cfast = dtls.record_keys(client.conn, server=False)
+    sfast = dtls.record_keys(server.conn, server=True)
+    assert cfast.cipher == sfast.cipher == cipher
+    nonces: list[bytes] = []
+    explicit = cipher != "CHACHA20-POLY1305"
+    for i in range(20):
+        # OpenSSL seals, our fast path opens (same epoch)
+        server.conn.send(b"from openssl %d" % i)
+        [rec] = dtls.split_records(drain(server.conn))
+        assert cfast.note_openssl_record(rec)
+        hdr = parse_record_header(rec)
+        assert hdr[0] == CT_APPLICATION_DATA and hdr[2] == 1 and hdr[3] < FAST_PATH_SEQ_BASE
+        nonces.append(rec[13:21] if explicit else rec[3:11])
+        assert cfast.open(rec)[:2] == (CT_APPLICATION_DATA, b"from openssl %d" % i)
+        # our fast path seals, OpenSSL opens (same epoch, same direction as above)
+        ours = cfast.seal(b"from fast path %d" % i)
+        assert parse_record_header(ours)[3] == FAST_PATH_SEQ_BASE + i
+        server.conn.bio_write(ours)
+        assert server.conn.recv(100) == b"from fast path %d" % i
+        ours_back = sfast.seal(b"server fast %d" % i)
+        nonces.append(ours_back[13:21] if explicit else ours_back[3:11])
+        client.conn.bio_write(ours_back)
+        assert client.conn.recv(100) == b"server fast %d" % i
+    # the server's writes came from OpenSSL and from the fast path: no nonce twice
+    assert len(set(nonces)) == len(nonces) == 40
+
+
+def test_same_keys_and_exporter_on_both_sides() -> None:
+    client, server = handshake()
+    assert client.export(b"EXPORTER-tou-channel-binding") == server.export(b"EXPORTER-tou-channel-binding")
+    assert client.export(b"EXPORTER-a") != client.export(b"EXPORTER-b")
+    assert client.peer_key == SERVER_KEY.public and server.peer_key == CLIENT_KEY.public
+    assert client.conn.get_protocol_version_name() == "DTLSv1.2"
+
+
+def test_only_ecdhe_aead_suites_are_offered() -> None:
+    ctx = dtls.make_context(False, CLIENT_KEY, lambda p: None)
+    conn = SSL.Connection(ctx, None)
+    names = conn.get_cipher_list()
+    assert names and all(n.startswith("ECDHE-") and ("GCM" in n or "CHACHA20" in n) for n in names
+                         if not n.startswith("TLS_"))
+
+
+def test_cookie_jar_rotation() -> None:
+    jar = dtls.CookieJar(os.urandom, lifetime=10.0)
+    c0 = jar.make(ADDR, 0.0)
+    assert jar.check(c0, ADDR, 5.0)
+    assert not jar.check(c0, ("192.0.2.9", 40000), 5.0)
+    assert jar.check(c0, ADDR, 15.0)        # previous secret still accepted
+    assert not jar.check(c0, ADDR, 25.0)    # two rotations later: expired
+
+
+def test_listen_ignores_garbage() -> None:
+    sctx = dtls.make_context(True, SERVER_KEY, lambda p: None)
+    conn, out = dtls.listen(sctx, dtls.CookieJar(os.urandom), b"\x16\xfe\xfd" + bytes(20), ADDR, 0.0)
+    assert conn is None and out == []
+
+
+def test_flight_is_retransmitted_with_fresh_epoch0_sequence_numbers() -> None:
+    cctx = dtls.make_context(False, CLIENT_KEY, lambda p: None)
+    client = dtls.Handshake.client(cctx, 10.0, rto=1.0, rto_max=2.0)
+    [first] = client.take_output()
+    assert client.deadline == 11.0
+    client.handle_timer(10.5)
+    assert client.take_output() == []
+    client.handle_timer(11.0)
+    [again] = client.take_output()
+    assert again[13:] == first[13:] and parse_record_header(again)[3] == parse_record_header(first)[3] + 1
+    assert client.deadline == 13.0
+    client.handle_timer(13.0)
+    assert client.deadline == 15.0           # capped at rto_max
+    assert client.retransmissions == 2
+
+
+def test_rejected_peer_is_reported() -> None:
+    sctx = dtls.make_context(True, SERVER_KEY, lambda p: "client key is not in the authorized keys")
+    cctx = dtls.make_context(False, CLIENT_KEY, lambda p: None)
+    jar = dtls.CookieJar(os.urandom)
+    client = dtls.Handshake.client(cctx, 0.0)
+    conn, hvr = dtls.listen(sctx, jar, client.take_output()[0], ADDR, 0.0)
+    client.feed(hvr[0], 0.0)
+    conn, _ = dtls.listen(sctx, jar, client.take_output()[0], ADDR, 0.0)
+    server = dtls.Handshake(conn, True, 0.0)
+    server.step(0.0)
+    for _ in range(3):
+        for rec in server.take_output():
+            client.feed(rec, 0.0)
+        for rec in client.take_output():
+            server.feed(rec, 0.0)
+    assert server.failure == dtls.HandshakeFailure("rejected_peer", None,
+                                                   "client key is not in the authorized keys")
+    assert server.peer_key == CLIENT_KEY.public
+    assert client.failure is not None and client.failure.kind == "peer_alert"
+    assert client.failure.alert in dtls.REJECTION_ALERTS

@@ -1,0 +1,378 @@
+"""One DTLS 1.2 handshake run by OpenSSL (via pyOpenSSL) over memory BIOs, sans-I/O.
+
+* Contexts (:func:`make_context`): DTLS 1.2 only, ECDHE with AEAD suites only
+  (:data:`CIPHER_LIST`), no renegotiation, no tickets, mutual certificate
+  authentication where the certificate is a throwaway wrapper around a tou key
+  and the peer is judged by a policy callback on its public key alone.
+* Stateless cookies (RFC 6347 §4.2.1): :func:`listen` answers a ClientHello
+  without a valid cookie with a HelloVerifyRequest from a temporary connection
+  object that is dropped at once, so nothing per peer is kept. Cookies are an
+  HMAC of the peer address under a secret that rotates (:class:`CookieJar`).
+* Retransmission (RFC 6347 §4.2.4) is driven by ``now``, not by OpenSSL's own
+  clock: :class:`Handshake` keeps the last flight it sent and resends it when its
+  timer expires (1 s doubling, capped). Unprotected (epoch 0) records get fresh
+  record sequence numbers on every send, as OpenSSL's own retransmissions would;
+  the protected Finished record is resent byte for byte. The side that sent the
+  final flight resends it when the peer's Finished arrives again.
+* Keys (:func:`record_keys`): the record keys OpenSSL uses are derived from the
+  master secret and randoms with the TLS 1.2 PRF (RFC 5246 §5, §6.3), so tou's fast
+  path (:mod:`toucli.record`) writes records OpenSSL itself accepts. Renegotiation
+  is off, so each association has exactly one protected epoch, 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from OpenSSL import SSL, crypto
+
+from .keys import PrivateKey, PublicKey
+from .record import (AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305, CT_ALERT, RecordProtection,
+                     parse_record_header, split_records)
+
+DTLS1_2_VERSION = 0xFEFD
+CIPHER_LIST = (b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
+               b"ECDHE-ECDSA-AES256-GCM-SHA384")
+HANDSHAKE_MTU = 1400          # ciphertext bytes OpenSSL may put in one datagram
+APPLICATION_EPOCH = 1
+RTO_INITIAL = 1.0             # RFC 6347 §4.2.4.1
+RTO_MAX = 8.0                 # capped lower than the RFC's 60 s: tou gives up after a few tries
+SEEN_LIMIT = 128              # received handshake records remembered for duplicate detection
+
+# TLS alert descriptions (RFC 5246 §7.2) that tou interprets.
+ALERT_CLOSE_NOTIFY = 0
+ALERT_BAD_CERTIFICATE = 42
+ALERT_CERTIFICATE_UNKNOWN = 46
+ALERT_UNKNOWN_CA = 48
+ALERT_ACCESS_DENIED = 49
+ALERT_HANDSHAKE_FAILURE = 40
+REJECTION_ALERTS = frozenset({ALERT_BAD_CERTIFICATE, ALERT_CERTIFICATE_UNKNOWN,
+                              ALERT_UNKNOWN_CA, ALERT_ACCESS_DENIED})
+
+_SUITES = {  # OpenSSL name -> (cipher, key length, IV length, PRF hash)
+    "ECDHE-ECDSA-AES128-GCM-SHA256": (AES_128_GCM, 16, 4, hashlib.sha256),
+    "ECDHE-ECDSA-AES256-GCM-SHA384": (AES_256_GCM, 32, 4, hashlib.sha384),
+    "ECDHE-ECDSA-CHACHA20-POLY1305": (CHACHA20_POLY1305, 32, 12, hashlib.sha256),
+}
+
+PeerPolicy = Callable[[PublicKey | None], "str | None"]   # -> rejection reason, or None to accept
+
+
+def make_context(server: bool, key: PrivateKey, policy: PeerPolicy) -> SSL.Context:
+    """A DTLS 1.2 context presenting ``key`` and judging the peer's key with ``policy``.
+
+    ``policy`` gets the peer's public key (None if it is not P-256) and returns a
+    rejection reason, or None to accept. A :class:`Handshake` may carry its own
+    policy, which then wins; the verdict is recorded on the handshake.
+    """
+    ctx = SSL.Context(SSL.DTLS_SERVER_METHOD if server else SSL.DTLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(DTLS1_2_VERSION)
+    ctx.set_max_proto_version(DTLS1_2_VERSION)
+    ctx.set_cipher_list(CIPHER_LIST)
+    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET
+                    | SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    ctx.use_certificate(key.certificate())
+    ctx.use_privatekey(key.key)
+
+    def verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        if depth != 0:          # a tou peer sends exactly one self-signed certificate
+            return False
+        try:
+            peer: PublicKey | None = PublicKey.from_cryptography(cert.to_cryptography().public_key())
+        except Exception:
+            peer = None
+        owner = conn.get_app_data()
+        reason = (getattr(owner, "policy", None) or policy)(peer)
+        if isinstance(owner, Handshake):
+            owner.peer_key = peer
+            owner.rejection = reason
+        return reason is None
+
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+    if server:
+        ctx.set_options(SSL.OP_COOKIE_EXCHANGE)
+        # OpenSSL checks the cookie again when the handshake proper starts, by which
+        # time the connection's app data is the Handshake; it keeps the listen info.
+        ctx.set_cookie_generate_callback(lambda conn: _listen_info(conn).make_cookie())
+        ctx.set_cookie_verify_callback(lambda conn, cookie: _listen_info(conn).check_cookie(cookie))
+    return ctx
+
+
+class CookieJar:
+    """Stateless HelloVerifyRequest cookies (RFC 6347 §4.2.1): HMAC(secret, address).
+
+    The secret changes every ``lifetime`` seconds; a cookie from the previous
+    secret is still accepted.
+    """
+
+    def __init__(self, rng: Callable[[int], bytes], lifetime: float = 60.0) -> None:
+        self._rng = rng
+        self.lifetime = lifetime
+        self._secrets: list[bytes] = [rng(32), rng(32)]   # current, previous
+        self._rotated_at: float | None = None
+
+    def _rotate(self, now: float) -> None:
+        if self._rotated_at is None:
+            self._rotated_at = now
+        while now - self._rotated_at >= self.lifetime:
+            self._secrets = [self._rng(32), self._secrets[0]]
+            self._rotated_at += self.lifetime
+
+    def make(self, addr: Any, now: float) -> bytes:
+        self._rotate(now)
+        return hmac.new(self._secrets[0], repr(addr).encode(), hashlib.sha256).digest()[:16]
+
+    def check(self, cookie: bytes, addr: Any, now: float) -> bool:
+        self._rotate(now)
+        msg = repr(addr).encode()
+        return any(hmac.compare_digest(cookie, hmac.new(s, msg, hashlib.sha256).digest()[:16])
+                   for s in self._secrets)
+
+
+class _ListenInfo:
+    __slots__ = ("jar", "addr", "now", "policy")
+
+    def __init__(self, jar: CookieJar, addr: Any, now: float) -> None:
+        self.jar, self.addr, self.now, self.policy = jar, addr, now, None
+
+    def make_cookie(self) -> bytes:
+        return self.jar.make(self.addr, self.now)
+
+    def check_cookie(self, cookie: bytes) -> bool:
+        return self.jar.check(cookie, self.addr, self.now)
+
+
+def _listen_info(conn: SSL.Connection) -> _ListenInfo:
+    owner = conn.get_app_data()
+    return owner if isinstance(owner, _ListenInfo) else owner.listen_info
+
+
+def _drain(conn: SSL.Connection) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = conn.bio_read(65536)
+        except SSL.WantReadError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def listen(ctx: SSL.Context, jar: CookieJar, record: bytes, addr: Any, now: float
+           ) -> tuple[SSL.Connection | None, list[bytes]]:
+    """Offer one ClientHello record to a fresh server connection.
+
+    Returns ``(None, records)``: the records (a HelloVerifyRequest, or nothing for
+    garbage) go back to ``addr``, and no state is kept; or ``(conn, [])`` when the
+    cookie verified: ``conn`` is ready for :class:`Handshake`.
+    """
+    conn = SSL.Connection(ctx, None)
+    conn.set_accept_state()
+    conn.set_ciphertext_mtu(HANDSHAKE_MTU)
+    conn.set_app_data(_ListenInfo(jar, addr, now))
+    conn.bio_write(record)
+    try:
+        conn.DTLSv1_listen()
+    except SSL.WantReadError:
+        return None, split_records(_drain(conn))
+    except SSL.Error:
+        return None, []
+    return conn, []
+
+
+@dataclass(frozen=True)
+class HandshakeFailure:
+    """Why a handshake stopped.
+
+    ``kind`` is ``"rejected_peer"`` (our policy refused the peer's key),
+    ``"peer_alert"`` (the peer sent a fatal alert, ``alert`` says which) or
+    ``"protocol"`` (anything else OpenSSL objected to; ``detail`` has its words).
+    """
+
+    kind: str
+    alert: int | None
+    detail: str
+
+
+class Handshake:
+    """One OpenSSL DTLS connection through its handshake, fed and drained by the caller.
+
+    Client: ``Handshake.client(ctx, now)`` (it writes the ClientHello at once).
+    Server: ``Handshake(conn, True, now)`` with a connection from :func:`listen`,
+    then :meth:`step` (listen already consumed the ClientHello). Received records go
+    in through :meth:`feed`, records to send come out of :meth:`take_output`.
+    """
+
+    def __init__(self, conn: SSL.Connection, server: bool, now: float, policy: PeerPolicy | None = None,
+                 rto: float = RTO_INITIAL, rto_max: float = RTO_MAX) -> None:
+        self.conn = conn
+        self.server = server
+        self.policy = policy
+        self.rejection: str | None = None    # set by a policy that refused the peer
+        self.peer_key: PublicKey | None = None
+        self.listen_info = conn.get_app_data()
+        conn.set_app_data(self)
+        self.complete = False
+        self.failure: HandshakeFailure | None = None
+        self.rto_initial = rto
+        self.rto = rto
+        self.rto_max = rto_max
+        self.deadline: float | None = None
+        self.flight: list[bytes] = []
+        self.outbox: list[bytes] = []
+        self.retransmissions = 0
+        self._seen: set[bytes] = set()
+        self._final_flight = False
+        self._peer_alert: int | None = None
+        self._seq0: int | None = None
+        self.started = now
+
+    @classmethod
+    def client(cls, ctx: SSL.Context, now: float, policy: PeerPolicy | None = None,
+               rto: float = RTO_INITIAL, rto_max: float = RTO_MAX) -> Handshake:
+        conn = SSL.Connection(ctx, None)
+        conn.set_connect_state()
+        conn.set_ciphertext_mtu(HANDSHAKE_MTU)
+        hs = cls(conn, False, now, policy, rto, rto_max)
+        hs.step(now)
+        return hs
+
+    def feed(self, record: bytes, now: float) -> None:
+        """Hand one received record to OpenSSL (duplicates handled here, see module doc)."""
+        if self.failure is not None:
+            return
+        if record in self._seen:
+            if self._final_flight and self.flight:
+                self._send(self.flight)
+                self.retransmissions += 1
+            return
+        if len(self._seen) < SEEN_LIMIT:
+            self._seen.add(record)
+        hdr = parse_record_header(record)
+        if hdr is not None and hdr[0] == CT_ALERT and hdr[2] == 0 and len(record) >= 15:
+            if record[13] == 2:
+                self._peer_alert = record[14]
+        self.conn.bio_write(record)
+        if self.complete:
+            # Records after completion (e.g. a late duplicate with a new sequence number)
+            # may make OpenSSL resend its last flight; collect whatever it writes.
+            try:
+                self.conn.recv(65536)
+            except SSL.Error:
+                pass
+            self._collect(now, after_complete=True)
+            return
+        self.step(now)
+
+    def step(self, now: float) -> None:
+        """Let OpenSSL make progress and collect what it writes."""
+        try:
+            self.conn.do_handshake()
+        except SSL.WantReadError:
+            pass
+        except SSL.Error as exc:
+            self._fail(exc)
+        else:
+            self.complete = True
+            self.peer_key = self.peer_key or _peer_key(self.conn)
+        self._collect(now)
+
+    def _fail(self, exc: SSL.Error) -> None:
+        detail = "; ".join(str(e[2]) for e in exc.args[0]) if exc.args and isinstance(exc.args[0], list) \
+            else str(exc)
+        if self.rejection is not None:
+            self.failure = HandshakeFailure("rejected_peer", None, self.rejection)
+        elif self._peer_alert is not None or "alert" in detail:
+            self.failure = HandshakeFailure("peer_alert", self._peer_alert, detail)
+        else:
+            self.failure = HandshakeFailure("protocol", None, detail or "handshake failed")
+        self.deadline = None
+
+    def _collect(self, now: float, after_complete: bool = False) -> None:
+        records = split_records(_drain(self.conn))
+        if records:
+            self.flight = records
+            self._send(records)
+            self._final_flight = self.complete
+        if self.complete or self.failure is not None:
+            self.deadline = None
+        elif records:
+            self.rto = self.rto_initial
+            self.deadline = now + self.rto
+
+    def handle_timer(self, now: float) -> None:
+        """Resend the last flight if its timer expired (RFC 6347 §4.2.4.1 back-off)."""
+        if self.deadline is None or now < self.deadline:
+            return
+        self._send(self.flight)
+        self.retransmissions += 1
+        self.rto = min(self.rto * 2, self.rto_max)
+        self.deadline = now + self.rto
+
+    def _send(self, records: list[bytes]) -> None:
+        """Queue records, giving every epoch-0 record a fresh sequence number.
+
+        Epoch-0 records carry no MAC, so renumbering them is invisible to the peer
+        except that it cannot mistake a retransmission for a replay: OpenSSL marks
+        a record number seen even when it discards the message inside (an early
+        ChangeCipherSpec, say), so an identical copy would never get in.
+        Protected (epoch 1) records are resent unchanged.
+        """
+        for rec in records:
+            if rec[3:5] == b"\x00\x00":
+                if self._seq0 is None:
+                    self._seq0 = int.from_bytes(rec[5:11], "big")
+                rec = rec[:5] + self._seq0.to_bytes(6, "big") + rec[11:]
+                self._seq0 += 1
+            self.outbox.append(rec)
+
+    def take_output(self) -> list[bytes]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def export(self, label: bytes, length: int = 32) -> bytes:
+        """RFC 5705 keying-material exporter (no context)."""
+        return self.conn.export_keying_material(label, length)
+
+
+def _peer_key(conn: SSL.Connection) -> PublicKey | None:
+    cert = conn.get_peer_certificate()
+    if cert is None:
+        return None
+    try:
+        return PublicKey.from_cryptography(cert.to_cryptography().public_key())
+    except Exception:
+        return None
+
+
+def _prf(secret: bytes, label: bytes, seed: bytes, length: int, digest: Any) -> bytes:
+    """TLS 1.2 PRF, P_hash with the suite's hash (RFC 5246 §5)."""
+    seed = label + seed
+    out, a = b"", seed
+    while len(out) < length:
+        a = hmac.new(secret, a, digest).digest()
+        out += hmac.new(secret, a + seed, digest).digest()
+    return out[:length]
+
+
+def record_keys(conn: SSL.Connection, server: bool) -> RecordProtection:
+    """The epoch-1 record keys of a finished handshake as a :class:`RecordProtection`.
+
+    key_block = PRF(master_secret, "key expansion", server_random + client_random),
+    split into client key, server key, client IV, server IV (RFC 5246 §6.3).
+    """
+    name = conn.get_cipher_name()
+    if name not in _SUITES:
+        raise ValueError(f"negotiated cipher {name!r} is not one tou offers")
+    cipher, klen, ivlen, digest = _SUITES[name]
+    block = _prf(conn.master_key(), b"key expansion", conn.server_random() + conn.client_random(),
+                 2 * klen + 2 * ivlen, digest)
+    ck, sk = block[:klen], block[klen:2 * klen]
+    civ, siv = block[2 * klen:2 * klen + ivlen], block[2 * klen + ivlen:]
+    if server:
+        return RecordProtection(cipher, APPLICATION_EPOCH, sk, siv, ck, civ)
+    return RecordProtection(cipher, APPLICATION_EPOCH, ck, civ, sk, siv)

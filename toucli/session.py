@@ -1,0 +1,951 @@
+"""Secure TOU sessions: DTLS 1.2 over GUE, found by session ID, sans-I/O.
+
+The wire format is specified in docs/PROTOCOL.md §5-§8. This module holds no
+sockets and reads no clock: the caller passes ``now`` (seconds, any monotonic
+origin) and moves datagrams. Randomness comes from the ``rng`` callable.
+
+API for the runtime (one :class:`SecureEndpoint` per UDP socket)::
+
+    ep = SecureEndpoint("client" | "server", auth, rng=os.urandom, config=SecureConfig())
+    session = ep.connect(addr, now)                 # client: starts a handshake
+    for session, segment in ep.datagram_received(data, addr, now):
+        ...                                         # decrypted TCP segments, in order received
+    datagram = ep.seal_segment(session, segment)    # bytes, or None: do not send now
+    for datagram, addr in ep.datagrams_to_send(now): sock.sendto(datagram, addr)
+    ep.handle_timer(now)                            # when now >= ep.next_deadline()
+    event = ep.next_event()                         # or None
+    ep.close(session, now)                          # close_notify, then datagrams_to_send
+    ep.counters                                     # dict of ints
+
+* ``auth``: :meth:`Auth.keys` (key pairs; the client needs ``peer_key``, the server
+  ``authorized``) or :meth:`Auth.secret` (shared secret). See :class:`Auth`.
+* ``datagram_received`` never raises: handshake and control records are handled
+  inside; anything that does not authenticate is dropped and counted.
+* ``seal_segment`` returns the datagram to send to ``session.peer_addr`` for one
+  TCP segment, or None when the session is not established (or is being closed)
+  or when sending would break the 3x amplification limit towards an unverified
+  new address (TCP retransmits later).
+* After every call that may produce output (``connect``, ``datagram_received``,
+  ``handle_timer``, ``close``), call ``datagrams_to_send`` and ``next_event``.
+* Events: :class:`SessionEstablished` (data may flow), :class:`AuthenticationFailed`
+  (one-line ``reason``, one of the ``REASON_*`` constants; the client exits 3),
+  :class:`SessionClosed`, :class:`PeerAddressChanged` (server: the reply address
+  moved), :class:`SessionRekeyed`. After an :class:`AuthenticationFailed` that
+  concerns a session, a :class:`SessionClosed` with the same reason follows.
+* :attr:`Session.peer_addr` is where the runtime sends this session's datagrams;
+  :attr:`Session.overhead` is the bytes added to a TCP segment above UDP (for MSS).
+* The client keeps pinging an idle session (NAT refresh, liveness); a client that
+  hears nothing authenticated for ``config.dead_after`` seconds closes the session
+  with :data:`REASON_PEER_DEAD` so the runtime can reconnect. A server closes a
+  session silent for ``config.idle_timeout``.
+
+Design (docs/PROTOCOL.md): a *session* survives rekeys and address changes; each
+DTLS handshake makes an *association* with its own 32-bit ID, chosen by the
+server and carried in the GUE session-ID field. A client's datagrams carry ID 0
+until its handshake completes; the server finds those by address (the cookie
+exchange verified it). Every association starts with a proof exchange (client
+proof, server proof) before data flows: it binds the shared secret (secret mode)
+or the previous association (rekey) to this association's RFC 5705 exporter value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
+
+from .dtls import (ALERT_ACCESS_DENIED, ALERT_CLOSE_NOTIFY, APPLICATION_EPOCH, REJECTION_ALERTS,
+                   CookieJar, Handshake, listen, make_context, record_keys)
+from .keys import AuthorizedKeys, PrivateKey, PublicKey, SharedSecret
+from .record import (CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, RECORD_HEADER_LEN, RecordDrop,
+                     RecordProtection)
+from .stack import gue
+from .stack.errors import LocalError
+
+Addr = Hashable
+Rng = Callable[[int], bytes]
+
+CLIENT = "client"
+SERVER = "server"
+
+GUE_HEADER_LEN = 12                  # base 4 + transform 4 + session ID 4
+MIN_TCP_SEGMENT = 20                 # shorter app-data plaintexts are control messages
+
+# Control messages (docs/PROTOCOL.md §7): plaintext of an application-data record
+# shorter than any TCP header.
+MSG_CLIENT_PROOF = 0x01              # prev_id(4) mac(14)
+MSG_SERVER_PROOF = 0x02              # prev_id(4) mac(14)
+MSG_PING = 0x03
+MSG_PONG = 0x04
+MSG_PATH_CHALLENGE = 0x05            # data(8)
+MSG_PATH_RESPONSE = 0x06             # data(8)
+PROOF_MAC_LEN = 14
+EXPORTER_BINDING = b"EXPORTER-tou-channel-binding"
+EXPORTER_REKEY = b"EXPORTER-tou-rekey"
+PROOF_LABEL = b"tou proof v1"
+KEYS_MODE_PROOF_KEY = b""            # key mode: the proof only confirms; certificates authenticate
+
+REASON_SERVER_KEY_MISMATCH = "authentication failed: server key does not match {source}"
+REASON_CLIENT_KEY_REJECTED = "authentication failed: the server does not accept this client's key"
+REASON_UNKNOWN_CLIENT = "authentication failed: client key is not in the authorized keys"
+REASON_SERVER_KEY_REJECTED = "authentication failed: the client does not accept this server's key"
+REASON_SECRET_MISMATCH = "authentication failed: shared secret does not match"
+REASON_SECRET_REJECTED = ("authentication failed: the server rejected this client "
+                          "(it expects a key pair, not a shared secret)")
+REASON_HANDSHAKE_TIMEOUT = "handshake timed out"
+REASON_PEER_DEAD = "peer not responding"
+REASON_IDLE = "idle timeout"
+REASON_CLOSED_LOCALLY = "closed"
+REASON_CLOSED_BY_PEER = "closed by peer"
+REASON_KEY_LIMIT = "key usage limit reached without rekey"
+
+_PROOF = struct.Struct("!BI14s")
+_ALERT = struct.Struct("!BB")
+_U32 = struct.Struct("!I")
+
+COUNTER_NAMES = (
+    "datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "segments_in", "segments_out",
+    "handshakes_started", "handshakes_completed", "handshakes_failed", "hello_verify_sent",
+    "handshake_retransmissions", "rekeys", "auth_failures", "address_changes",
+    "drop_malformed", "drop_unknown_session", "drop_replay", "drop_auth", "drop_not_established",
+    "drop_amplification", "drop_nonce_guard",
+)
+
+
+# --- configuration ------------------------------------------------------------------
+
+class Auth:
+    """How an endpoint authenticates itself and judges its peer.
+
+    * ``Auth.keys(private_key, peer_key=..., peer_key_source="--peer-key")`` for a
+      client that pins the server's key (``peer_key_source`` names where the pin came
+      from in the failure message);
+    * ``Auth.keys(private_key, authorized=AuthorizedKeys(...))`` for a server;
+    * ``Auth.secret(shared_secret)`` for either side (a :class:`SharedSecret` or its
+      32-byte stretched key). A throwaway key pair is made for the certificates.
+    """
+
+    def __init__(self, mode: str, key: PrivateKey, peer_key: PublicKey | None = None,
+                 peer_key_source: str = "--peer-key", authorized: AuthorizedKeys | None = None,
+                 secret_key: bytes | None = None) -> None:
+        self.mode = mode
+        self.key = key
+        self.peer_key = peer_key
+        self.peer_key_source = peer_key_source
+        self.authorized = authorized
+        self.secret_key = secret_key
+
+    @classmethod
+    def keys(cls, key: PrivateKey, *, peer_key: PublicKey | None = None,
+             peer_key_source: str = "--peer-key", authorized: AuthorizedKeys | None = None) -> Auth:
+        return cls("keys", key, peer_key, peer_key_source, authorized)
+
+    @classmethod
+    def secret(cls, secret: SharedSecret | bytes) -> Auth:
+        key = secret.key if isinstance(secret, SharedSecret) else bytes(secret)
+        return cls("secret", PrivateKey.generate(), secret_key=key)
+
+
+@dataclass
+class SecureConfig:
+    """Timers and limits of the secure channel (seconds, records)."""
+
+    handshake_rto: float = 1.0           # RFC 6347 §4.2.4.1 initial timer
+    handshake_rto_max: float = 2.0       # capped well below RFC 6347's 60 s: loss, not congestion
+    handshake_timeout: float = 30.0      # give up a handshake (and its proofs) after this
+    rekey_after_records: int = 1 << 23   # sealed + opened on one association
+    rekey_after_seconds: float = 3600.0
+    hard_record_limit: int = 1 << 24     # a server closes a session the client did not rekey
+    previous_linger: float = 10.0        # old association still opens records this long
+    ping_interval: float = 2.0           # client pings when it heard nothing for this long
+    dead_after: float = 8.0              # client gives the peer up after this much silence
+    idle_timeout: float = 60.0           # server drops a session silent this long
+    tombstone: float = 10.0              # a rejected association answers with its alert this long
+    cookie_lifetime: float = 60.0
+    amplification_factor: int = 3
+
+
+# --- events -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """Who the peer proved to be: a public key (with its authorized-keys name), or a secret holder."""
+
+    mode: str
+    key: PublicKey | None = None
+    name: str | None = None
+
+    def __str__(self) -> str:
+        if self.key is None:
+            return "shared secret"
+        return self.key.fingerprint() + (f" ({self.name})" if self.name else "")
+
+
+@dataclass(frozen=True, eq=False)
+class SessionEstablished:
+    session: Session
+    peer_identity: PeerIdentity
+
+
+@dataclass(frozen=True, eq=False)
+class AuthenticationFailed:
+    addr: Addr
+    reason: str
+    fingerprint: str | None
+    session: Session | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class SessionClosed:
+    session: Session
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class PeerAddressChanged:
+    session: Session
+    old: Addr
+    new: Addr
+
+
+@dataclass(frozen=True, eq=False)
+class SessionRekeyed:
+    session: Session
+
+
+# --- associations and sessions --------------------------------------------------------
+
+HANDSHAKE = "handshake"
+PROOF = "proof"          # handshake done, proofs not yet exchanged
+LINKED = "linked"        # server, rekey: proof verified, waiting for the client to use it
+READY = "ready"
+FAILED = "failed"
+
+
+class _Association:
+    """One DTLS handshake's worth of keys under one session ID."""
+
+    def __init__(self, hs: Handshake, addr: Addr, now: float, assoc_id: int = 0) -> None:
+        self.hs = hs
+        self.addr = addr                  # where its handshake datagrams go until a session owns it
+        self.id = assoc_id
+        self.prefix = _gue_prefix(assoc_id)
+        self.keys: RecordProtection | None = None
+        self.state = HANDSHAKE
+        self.started = now
+        self.ready_at = now
+        self.session: Session | None = None
+        self.prev_id = 0                  # client: the association this one replaces
+        self.proof_deadline: float | None = None
+        self.proof_rto = 1.0
+        self.link_key: bytes | None = None
+        self.tombstone_until = 0.0
+        self.counted_rtx = 0
+        self.alert_datagram: bytes | None = None
+
+    def set_id(self, assoc_id: int) -> None:
+        self.id = assoc_id
+        self.prefix = _gue_prefix(assoc_id)
+
+    @property
+    def dest(self) -> Addr:
+        return self.session.peer_addr if self.session is not None else self.addr
+
+
+def _gue_prefix(assoc_id: int) -> bytes:
+    return gue.encode_header(gue.PROTO_NONE, {
+        gue.FLAG_T: bytes((gue.TRANSFORM_DTLS, gue.PROTO_TCP, 0, 0)),
+        gue.FLAG_SESSION_ID: _U32.pack(assoc_id),
+    })
+
+
+_HEAD = _gue_prefix(0)[:8]       # 02 3b 04 02 01 06 00 00: all but the session ID
+assert len(_gue_prefix(0)) == GUE_HEADER_LEN
+
+
+class Session:
+    """A secure channel to one peer; survives rekeys and (server side) address changes.
+
+    Public, read-only for the runtime: ``role``, ``peer_addr``, ``peer_identity``
+    (None until established), ``state`` ("handshake", "established", "closed"),
+    ``id`` (the session ID currently used for sending, 0 before it is known),
+    ``overhead``.
+    """
+
+    def __init__(self, role: str, peer_addr: Addr, now: float) -> None:
+        self.role = role
+        self.peer_addr = peer_addr
+        self.peer_identity: PeerIdentity | None = None
+        self.state = "handshake"
+        self.created = now
+        self._current: _Association | None = None     # used for sending
+        self._previous: _Association | None = None    # still opens records until _previous_until
+        self._previous_until = 0.0
+        self._pending: _Association | None = None     # handshake/proof in progress (initial or rekey)
+        self._rekey_wanted = False
+        self._rekey_retry_at: float | None = None
+        self.last_rx = now
+        self._last_ping = now
+        self._addr_verified = True
+        self._budget = 0
+        self._challenge: bytes | None = None
+
+    @property
+    def id(self) -> int:
+        assoc = self._current or self._pending
+        return assoc.id if assoc is not None else 0
+
+    @property
+    def established(self) -> bool:
+        return self.state == "established"
+
+    @property
+    def overhead(self) -> int:
+        """Bytes above UDP added to each TCP segment (GUE 12 + DTLS record overhead)."""
+        assoc = self._current
+        if assoc is None or assoc.keys is None:
+            return GUE_HEADER_LEN + RECORD_HEADER_LEN + 8 + 16
+        return GUE_HEADER_LEN + assoc.keys.overhead
+
+    def __repr__(self) -> str:
+        return f"Session({self.role}, id={self.id:#010x}, peer={self.peer_addr!r}, {self.state})"
+
+
+# --- the endpoint ----------------------------------------------------------------------
+
+class SecureEndpoint:
+    """All secure sessions of one UDP socket (see the module docstring for the API)."""
+
+    def __init__(self, role: str, auth: Auth, *, rng: Rng = os.urandom,
+                 config: SecureConfig | None = None) -> None:
+        if role not in (CLIENT, SERVER):
+            raise LocalError(f"role must be {CLIENT!r} or {SERVER!r}")
+        if auth.mode == "keys" and role == CLIENT and auth.peer_key is None:
+            raise LocalError("a client with a key pair needs the server's public key")
+        if auth.mode == "keys" and role == SERVER and auth.authorized is None:
+            raise LocalError("a server with a key pair needs authorized client keys")
+        if auth.mode == "secret" and not auth.secret_key:
+            raise LocalError("shared-secret mode needs a secret")
+        self.role = role
+        self.auth = auth
+        self.rng = rng
+        self.config = config or SecureConfig()
+        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        self._ctx = make_context(role == SERVER, auth.key, self._judge_peer)
+        self._cookies = CookieJar(rng, self.config.cookie_lifetime)
+        self._by_id: dict[int, _Association] = {}
+        self._by_addr: dict[Addr, _Association] = {}   # handshakes addressed with ID 0
+        self._sessions: set[Session] = set()
+        self._outbox: list[tuple[bytes, Addr]] = []
+        self._events: deque[Any] = deque()
+
+    # --- peer judgement (called from OpenSSL's verify callback) ----------------------
+
+    def _judge_peer(self, peer: PublicKey | None) -> str | None:
+        auth = self.auth
+        if auth.mode == "secret":
+            return None
+        if self.role == CLIENT:
+            if peer is None or peer != auth.peer_key:
+                return REASON_SERVER_KEY_MISMATCH.format(source=auth.peer_key_source)
+            return None
+        if peer is None or auth.authorized is None or auth.authorized.lookup(peer) is None:
+            return REASON_UNKNOWN_CLIENT
+        return None
+
+    def _identity(self, assoc: _Association) -> PeerIdentity:
+        if self.auth.mode == "secret":
+            return PeerIdentity("secret")
+        key = assoc.hs.peer_key
+        name = self.auth.authorized.lookup(key) if (self.role == SERVER and key is not None
+                                                    and self.auth.authorized is not None) else None
+        return PeerIdentity("keys", key, name or None)
+
+    # --- public API ------------------------------------------------------------------
+
+    def connect(self, addr: Addr, now: float) -> Session:
+        """Client: start a session with the server at ``addr``."""
+        if self.role != CLIENT:
+            raise LocalError("only a client endpoint connects")
+        session = Session(CLIENT, addr, now)
+        self._sessions.add(session)
+        self._start_client_handshake(session, now, prev=None)
+        return session
+
+    def close(self, session: Session, now: float, reason: str = REASON_CLOSED_LOCALLY) -> None:
+        """Send close_notify (sealed) and forget the session; emits SessionClosed."""
+        if session.state == "closed":
+            return
+        assoc = session._current
+        if assoc is not None and assoc.keys is not None:
+            self._send_record(assoc, _ALERT.pack(1, ALERT_CLOSE_NOTIFY), CT_ALERT, force=True)
+        self._end_session(session, reason)
+
+    def seal_segment(self, session: Session, segment: bytes | bytearray | memoryview) -> bytes | None:
+        """One datagram carrying ``segment`` for ``session.peer_addr``, or None (see module doc)."""
+        assoc = session._current
+        if session.state != "established" or assoc is None or assoc.keys is None:
+            self.counters["drop_not_established"] += 1
+            return None
+        keys = assoc.keys
+        if not session._addr_verified:
+            size = len(assoc.prefix) + keys.overhead + len(segment)
+            if session._budget < size:
+                self.counters["drop_amplification"] += 1
+                return None
+            session._budget -= size
+        out = keys.seal(segment, assoc.prefix)
+        if keys.sealed + keys.opened >= self.config.rekey_after_records:
+            session._rekey_wanted = True
+        self.counters["datagrams_out"] += 1
+        self.counters["segments_out"] += 1
+        self.counters["bytes_out"] += len(out)
+        return out
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
+        """Handshake flights, control messages and alerts queued since the last call."""
+        out, self._outbox = self._outbox, []
+        for data, _addr in out:
+            self.counters["datagrams_out"] += 1
+            self.counters["bytes_out"] += len(data)
+        return out
+
+    def next_event(self) -> Any:
+        """The oldest pending event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions)
+
+    # --- receive path ----------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Addr, now: float) -> list[tuple[Session, bytes]]:
+        """Process one UDP payload from ``addr``; return the TCP segments it carried."""
+        counters = self.counters
+        counters["datagrams_in"] += 1
+        counters["bytes_in"] += len(data)
+        out: list[tuple[Session, bytes]] = []
+        try:
+            self._receive(data, addr, now, out)
+        except Exception:  # a bug or an OpenSSL surprise must not reach the runtime
+            counters["drop_malformed"] += 1
+        return out
+
+    def _receive(self, data: bytes, addr: Addr, now: float, out: list[tuple[Session, bytes]]) -> None:
+        counters = self.counters
+        # The GUE header is not authenticated, so only tou's exact layout is accepted
+        # (PROTOCOL.md §5.2): a flipped bit in it drops the datagram.
+        if len(data) < GUE_HEADER_LEN + RECORD_HEADER_LEN or data[:8] != _HEAD:
+            counters["drop_malformed"] += 1
+            return
+        off = GUE_HEADER_LEN
+        sid = _U32.unpack_from(data, 8)[0]
+        ctype = data[off]
+        epoch = int.from_bytes(data[off + 3:off + 5], "big")
+        record = data[off:]
+
+        assoc = self._by_id.get(sid) if sid else None
+        if assoc is None:
+            assoc = self._by_addr.get(addr)
+            if assoc is None or (sid and assoc.id and assoc.id != sid):
+                if sid == 0 and self.role == SERVER and ctype == CT_HANDSHAKE and epoch == 0:
+                    self._listen(record, addr, now)
+                else:
+                    counters["drop_unknown_session"] += 1
+                return
+        if sid and self.role == SERVER and self._by_addr.get(assoc.addr) is assoc:
+            del self._by_addr[assoc.addr]          # the client knows the ID now
+        if assoc.state == FAILED:
+            if assoc.alert_datagram is not None and addr == assoc.addr:
+                self._outbox.append((assoc.alert_datagram, addr))
+            return
+        if assoc.keys is not None and epoch == APPLICATION_EPOCH and ctype != CT_HANDSHAKE:
+            self._open(assoc, data, off, addr, now, out)
+            return
+        if sid == 0 and addr != assoc.addr:
+            counters["drop_unknown_session"] += 1
+            return
+        self._feed_handshake(assoc, bytes(record), sid, now)
+
+    def _listen(self, record: bytes, addr: Addr, now: float) -> None:
+        """Server: stateless cookie exchange; state only once the cookie verifies."""
+        conn, reply = listen(self._ctx, self._cookies, bytes(record), addr, now)
+        if conn is None:
+            for rec in reply:
+                self._outbox.append((_gue_prefix(0) + rec, addr))
+                self.counters["hello_verify_sent"] += 1
+            return
+        hs = Handshake(conn, True, now, rto=self.config.handshake_rto,
+                       rto_max=self.config.handshake_rto_max)
+        assoc = _Association(hs, addr, now, self._new_id())
+        self._by_id[assoc.id] = assoc
+        self._by_addr[addr] = assoc
+        self.counters["handshakes_started"] += 1
+        hs.step(now)
+        self._after_handshake_io(assoc, now)
+
+    def _new_id(self) -> int:
+        while True:
+            candidate = _U32.unpack(self.rng(4))[0]
+            if candidate and candidate not in self._by_id:
+                return candidate
+
+    def _feed_handshake(self, assoc: _Association, record: bytes, sid: int, now: float) -> None:
+        hs = assoc.hs
+        was_complete = hs.complete
+        hs.feed(record, now)
+        if self.role == CLIENT and not was_complete and hs.complete and sid:
+            # the datagram that completed the handshake is the server's: adopt its ID
+            self._by_addr.pop(assoc.addr, None)
+            assoc.set_id(sid)
+            self._by_id[sid] = assoc
+        self._after_handshake_io(assoc, now)
+
+    def _after_handshake_io(self, assoc: _Association, now: float) -> None:
+        hs = assoc.hs
+        for rec in hs.take_output():
+            if assoc.keys is not None and not assoc.keys.note_openssl_record(rec):
+                self.counters["drop_nonce_guard"] += 1
+                continue
+            self._outbox.append((assoc.prefix + rec, assoc.dest))
+        rtx = hs.retransmissions - assoc.counted_rtx
+        if rtx:
+            self.counters["handshake_retransmissions"] += rtx
+            assoc.counted_rtx = hs.retransmissions
+        if hs.failure is not None and assoc.state != FAILED:
+            self._handshake_failed(assoc, now)
+            return
+        if hs.complete and assoc.state == HANDSHAKE:
+            assoc.keys = record_keys(hs.conn, self.role == SERVER)
+            self.counters["handshakes_completed"] += 1
+            assoc.state = PROOF
+            if self.role == CLIENT:
+                self._send_client_proof(assoc, now)
+
+    def _handshake_failed(self, assoc: _Association, now: float) -> None:
+        failure = assoc.hs.failure
+        assert failure is not None
+        self.counters["handshakes_failed"] += 1
+        assoc.state = FAILED
+        peer_fp = assoc.hs.peer_key.fingerprint() if assoc.hs.peer_key is not None else None
+        own_fp = self.auth.key.public.fingerprint() if self.auth.mode == "keys" else None
+        reason: str | None = None
+        fingerprint: str | None = None
+        if failure.kind == "rejected_peer":
+            reason, fingerprint = failure.detail, peer_fp
+        elif failure.kind == "peer_alert" and failure.alert in REJECTION_ALERTS:
+            if self.role == SERVER:
+                reason = REASON_SERVER_KEY_REJECTED
+            else:
+                reason = REASON_CLIENT_KEY_REJECTED if self.auth.mode == "keys" else REASON_SECRET_REJECTED
+            fingerprint = own_fp
+        self._drop_association(assoc)
+        session = assoc.session
+        if reason is not None:
+            self.counters["auth_failures"] += 1
+            self._events.append(AuthenticationFailed(assoc.dest, reason, fingerprint, session))
+        if session is not None:
+            if session._pending is assoc:
+                session._pending = None
+            if session.state != "established" or reason is not None:
+                self._end_session(session, reason or f"handshake failed: {failure.detail}")
+
+    # --- proofs (docs/PROTOCOL.md §8) -------------------------------------------------
+
+    def _proof_key(self, prev_id: int) -> bytes | None:
+        if prev_id:
+            prev = self._by_id.get(prev_id)
+            return prev.link_key if prev is not None else None
+        if self.auth.mode == "secret":
+            return self.auth.secret_key
+        return KEYS_MODE_PROOF_KEY
+
+    @staticmethod
+    def _proof_mac(key: bytes, assoc: _Association, role_byte: int, prev_id: int) -> bytes:
+        exporter = assoc.hs.export(EXPORTER_BINDING, 32)
+        msg = PROOF_LABEL + bytes((role_byte,)) + _U32.pack(prev_id) + exporter
+        return hmac.new(key, msg, hashlib.sha256).digest()[:PROOF_MAC_LEN]
+
+    def _send_client_proof(self, assoc: _Association, now: float) -> None:
+        key = self._proof_key(assoc.prev_id)
+        if key is None:             # the association to link to is gone
+            self._handshake_abandon(assoc, "rekey target vanished")
+            return
+        mac = self._proof_mac(key, assoc, MSG_CLIENT_PROOF, assoc.prev_id)
+        self._send_record(assoc, _PROOF.pack(MSG_CLIENT_PROOF, assoc.prev_id, mac), force=True)
+        assoc.proof_deadline = now + assoc.proof_rto
+        assoc.proof_rto = min(assoc.proof_rto * 2, self.config.handshake_rto_max)
+
+    def _handle_client_proof(self, assoc: _Association, msg: bytes, now: float) -> None:
+        """Server side (§8.2)."""
+        _t, prev_id, mac = _PROOF.unpack(msg)
+        if assoc.state in (LINKED, READY):
+            if prev_id == assoc.prev_id:       # a retransmission: our proof was lost
+                self._send_server_proof(assoc)
+            return
+        if assoc.state != PROOF:
+            return
+        key = self._proof_key(prev_id)
+        prev = self._by_id.get(prev_id) if prev_id else None
+        if key is None or (prev_id and (prev is None or prev.session is None)) or not hmac.compare_digest(
+                mac, self._proof_mac(key, assoc, MSG_CLIENT_PROOF, prev_id)):
+            self._reject_proof(assoc, now)
+            return
+        assoc.prev_id = prev_id
+        assoc.link_key = assoc.hs.export(EXPORTER_REKEY, 32)
+        assoc.ready_at = now
+        if prev is not None and prev.session is not None:       # rekey of an existing session
+            assoc.session = prev.session
+            assoc.state = LINKED
+            prev.session._pending = assoc
+        else:
+            session = Session(SERVER, assoc.addr, now)
+            session.peer_identity = self._identity(assoc)
+            session.state = "established"
+            session._current = assoc
+            assoc.session = session
+            assoc.state = READY
+            self._sessions.add(session)
+            self._events.append(SessionEstablished(session, session.peer_identity))
+        self._send_server_proof(assoc)
+
+    def _send_server_proof(self, assoc: _Association) -> None:
+        key = self._proof_key(assoc.prev_id) if assoc.prev_id else self._proof_key(0)
+        if assoc.prev_id and key is None:
+            return
+        mac = self._proof_mac(key or b"", assoc, MSG_SERVER_PROOF, assoc.prev_id)
+        self._send_record(assoc, _PROOF.pack(MSG_SERVER_PROOF, assoc.prev_id, mac), force=True)
+
+    def _reject_proof(self, assoc: _Association, now: float) -> None:
+        """A proof did not verify: fatal access_denied alert, tombstone, event."""
+        self.counters["auth_failures"] += 1
+        self.counters["handshakes_failed"] += 1
+        alert = self._seal(assoc, _ALERT.pack(2, ALERT_ACCESS_DENIED), CT_ALERT)
+        self._outbox.append((alert, assoc.dest))
+        assoc.alert_datagram = alert
+        assoc.state = FAILED
+        assoc.tombstone_until = now + self.config.tombstone
+        session = assoc.session
+        self._events.append(AuthenticationFailed(assoc.dest, REASON_SECRET_MISMATCH, None, session))
+        if session is not None and session._pending is assoc:
+            session._pending = None
+            if session.state != "established":
+                self._end_session(session, REASON_SECRET_MISMATCH)
+
+    def _handle_server_proof(self, assoc: _Association, msg: bytes, now: float) -> None:
+        """Client side (§8.2)."""
+        if assoc.state != PROOF:
+            return
+        _t, prev_id, mac = _PROOF.unpack(msg)
+        key = self._proof_key(assoc.prev_id)
+        if prev_id != assoc.prev_id or key is None or not hmac.compare_digest(
+                mac, self._proof_mac(key, assoc, MSG_SERVER_PROOF, assoc.prev_id)):
+            self._reject_proof(assoc, now)
+            return
+        session = assoc.session
+        assert session is not None
+        assoc.state = READY
+        assoc.ready_at = now
+        assoc.proof_deadline = None
+        assoc.link_key = assoc.hs.export(EXPORTER_REKEY, 32)
+        session._pending = None
+        session.last_rx = now
+        if session._current is None:
+            session._current = assoc
+            session.state = "established"
+            session.peer_identity = self._identity(assoc)
+            self._events.append(SessionEstablished(session, session.peer_identity))
+        else:
+            self._switch(session, assoc, now)
+            self._send_record(assoc, bytes((MSG_PING,)))   # tells the server to switch too
+
+    def _switch(self, session: Session, assoc: _Association, now: float) -> None:
+        """Make ``assoc`` the sending association; the old one lingers for late records."""
+        old = session._current
+        if old is not None and old is not assoc:
+            if session._previous is not None:
+                self._drop_association(session._previous)
+            session._previous = old
+            session._previous_until = now + self.config.previous_linger
+        session._current = assoc
+        if session._pending is assoc:
+            session._pending = None
+        session._rekey_wanted = False
+        session._rekey_retry_at = None
+        assoc.state = READY
+        self.counters["rekeys"] += 1
+        self._events.append(SessionRekeyed(session))
+
+    # --- fast path receive ------------------------------------------------------------
+
+    def _open(self, assoc: _Association, data: bytes, off: int, addr: Addr, now: float,
+              out: list[tuple[Session, bytes]]) -> None:
+        keys = assoc.keys
+        assert keys is not None
+        res = keys.open(data, off)
+        counters = self.counters
+        if type(res) is not tuple:
+            if res is RecordDrop.REPLAY:
+                counters["drop_replay"] += 1
+            elif res is RecordDrop.AUTH:
+                counters["drop_auth"] += 1
+            else:
+                counters["drop_malformed"] += 1
+            return
+        ctype, pt, newest = res
+        session = assoc.session
+        if session is not None:
+            session.last_rx = now
+            if addr != session.peer_addr and newest and self.role == SERVER:
+                self._peer_moved(session, addr, now)
+            if not session._addr_verified and addr == session.peer_addr:
+                session._budget += self.config.amplification_factor * len(data)
+        if ctype == CT_APPLICATION_DATA:
+            if len(pt) >= MIN_TCP_SEGMENT:
+                if assoc.state == LINKED and session is not None:
+                    self._switch(session, assoc, now)
+                if assoc.state != READY or session is None or session.state != "established":
+                    counters["drop_not_established"] += 1
+                    return
+                counters["segments_in"] += 1
+                out.append((session, pt))
+            else:
+                self._control(assoc, pt, addr, now)
+        elif ctype == CT_ALERT and len(pt) == 2:
+            self._alert(assoc, pt[0], pt[1], now)
+        else:
+            counters["drop_malformed"] += 1
+
+    def _control(self, assoc: _Association, pt: bytes, addr: Addr, now: float) -> None:
+        kind = pt[0] if pt else 0
+        if kind == MSG_CLIENT_PROOF and self.role == SERVER and len(pt) == _PROOF.size:
+            self._handle_client_proof(assoc, pt, now)
+            return
+        if kind == MSG_SERVER_PROOF and self.role == CLIENT and len(pt) == _PROOF.size:
+            self._handle_server_proof(assoc, pt, now)
+            return
+        session = assoc.session
+        if session is None or assoc.state not in (READY, LINKED):
+            self.counters["drop_not_established"] += 1
+            return
+        if assoc.state == LINKED:
+            self._switch(session, assoc, now)
+        if kind == MSG_PING and len(pt) == 1:
+            self._send_record(assoc, bytes((MSG_PONG,)))
+        elif kind == MSG_PONG and len(pt) == 1:
+            pass
+        elif kind == MSG_PATH_CHALLENGE and len(pt) == 9:
+            self._send_record(assoc, bytes((MSG_PATH_RESPONSE,)) + pt[1:], dest=addr)
+        elif kind == MSG_PATH_RESPONSE and len(pt) == 9:
+            if session._challenge is not None and pt[1:] == session._challenge and addr == session.peer_addr:
+                session._addr_verified = True
+                session._challenge = None
+        else:
+            self.counters["drop_malformed"] += 1
+
+    def _alert(self, assoc: _Association, level: int, desc: int, now: float) -> None:
+        session = assoc.session
+        if desc == ALERT_ACCESS_DENIED and assoc.state == PROOF:
+            self.counters["auth_failures"] += 1
+            assoc.state = FAILED
+            self._drop_association(assoc)
+            self._events.append(AuthenticationFailed(assoc.dest, REASON_SECRET_MISMATCH, None, session))
+            if session is not None and session.state != "established":
+                self._end_session(session, REASON_SECRET_MISMATCH)
+            elif session is not None:
+                session._pending = None
+            return
+        if session is None:
+            return
+        if desc == ALERT_CLOSE_NOTIFY or level == 2:
+            if assoc is session._current or session._current is None:
+                self._end_session(session, REASON_CLOSED_BY_PEER if desc == ALERT_CLOSE_NOTIFY
+                                  else f"peer sent fatal alert {desc}")
+
+    def _peer_moved(self, session: Session, addr: Addr, now: float) -> None:
+        """Roaming (§9): switch the reply address after an authenticated, newest record."""
+        old = session.peer_addr
+        session.peer_addr = addr
+        session._addr_verified = False
+        session._budget = 0
+        session._challenge = self.rng(8)
+        self.counters["address_changes"] += 1
+        self._events.append(PeerAddressChanged(session, old, addr))
+        assoc = session._current
+        if assoc is not None and assoc.keys is not None:
+            self._send_record(assoc, bytes((MSG_PATH_CHALLENGE,)) + session._challenge, force=True)
+
+    # --- sending helpers --------------------------------------------------------------
+
+    def _seal(self, assoc: _Association, plaintext: bytes, ctype: int = CT_APPLICATION_DATA) -> bytes:
+        assert assoc.keys is not None
+        return assoc.keys.seal(plaintext, assoc.prefix, ctype)
+
+    def _send_record(self, assoc: _Association, plaintext: bytes, ctype: int = CT_APPLICATION_DATA,
+                     *, force: bool = False, dest: Addr | None = None) -> None:
+        """Queue one sealed control record; ``force`` ignores the amplification budget
+        (small, bounded messages: proofs, path challenges, close_notify)."""
+        if assoc.keys is None:
+            return
+        datagram = self._seal(assoc, plaintext, ctype)
+        session = assoc.session
+        target = dest if dest is not None else assoc.dest
+        if session is not None and not session._addr_verified and target == session.peer_addr and not force:
+            if session._budget < len(datagram):
+                self.counters["drop_amplification"] += 1
+                return
+            session._budget -= len(datagram)
+        self._outbox.append((datagram, target))
+
+    # --- client handshakes and rekeying ---------------------------------------------
+
+    def _start_client_handshake(self, session: Session, now: float, prev: _Association | None) -> None:
+        hs = Handshake.client(self._ctx, now, rto=self.config.handshake_rto,
+                              rto_max=self.config.handshake_rto_max)
+        assoc = _Association(hs, session.peer_addr, now)
+        assoc.session = session
+        assoc.prev_id = prev.id if prev is not None else 0
+        session._pending = assoc
+        self._by_addr[session.peer_addr] = assoc
+        self.counters["handshakes_started"] += 1
+        self._after_handshake_io(assoc, now)
+
+    def _handshake_abandon(self, assoc: _Association, reason: str) -> None:
+        self.counters["handshakes_failed"] += 1
+        assoc.state = FAILED
+        self._drop_association(assoc)
+        session = assoc.session
+        if session is not None and session._pending is assoc:
+            session._pending = None
+            if session.state != "established":
+                self._end_session(session, reason)
+
+    # --- timers ------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`handle_timer` has work to do, or None."""
+        best: float | None = None
+
+        def consider(t: float | None) -> None:
+            nonlocal best
+            if t is not None and (best is None or t < best):
+                best = t
+
+        cfg = self.config
+        for assoc in list(self._by_id.values()) + list(self._by_addr.values()):
+            if assoc.state == FAILED:
+                consider(assoc.tombstone_until)
+            elif assoc.state in (HANDSHAKE, PROOF):
+                consider(assoc.hs.deadline)
+                consider(assoc.proof_deadline)
+                consider(assoc.started + cfg.handshake_timeout)
+        for session in self._sessions:
+            if session.state != "established":
+                continue
+            if session._rekey_wanted and session._pending is None and self.role == CLIENT:
+                consider(session._rekey_retry_at or 0.0)
+            if session._previous is not None:
+                consider(session._previous_until)
+            cur = session._current
+            if self.role == CLIENT:
+                consider(max(session.last_rx, session._last_ping) + cfg.ping_interval)
+                consider(session.last_rx + cfg.dead_after)
+                if cur is not None and session._pending is None:
+                    consider(cur.ready_at + cfg.rekey_after_seconds)
+            else:
+                consider(session.last_rx + cfg.idle_timeout)
+        return best
+
+    def handle_timer(self, now: float) -> None:
+        """Retransmit, time out, ping, rekey and expire whatever is due at ``now``."""
+        cfg = self.config
+        seen: set[int] = set()
+        for assoc in list(self._by_id.values()) + list(self._by_addr.values()):
+            if id(assoc) in seen:
+                continue
+            seen.add(id(assoc))
+            if assoc.state == FAILED:
+                if now >= assoc.tombstone_until:
+                    self._drop_association(assoc)
+                continue
+            if assoc.state not in (HANDSHAKE, PROOF):
+                continue
+            if now >= assoc.started + cfg.handshake_timeout:
+                self._timeout_association(assoc)
+                continue
+            assoc.hs.handle_timer(now)
+            self._after_handshake_io(assoc, now)
+            if assoc.state == PROOF and self.role == CLIENT and assoc.proof_deadline is not None \
+                    and now >= assoc.proof_deadline:
+                self._send_client_proof(assoc, now)
+        for session in list(self._sessions):
+            if session.state != "established":
+                continue
+            if session._previous is not None and now >= session._previous_until:
+                self._drop_association(session._previous)
+                session._previous = None
+            cur = session._current
+            if cur is None or cur.keys is None:
+                continue
+            if self.role == CLIENT:
+                if now >= session.last_rx + cfg.dead_after:
+                    self._end_session(session, REASON_PEER_DEAD)
+                    continue
+                if now >= max(session.last_rx, session._last_ping) + cfg.ping_interval:
+                    session._last_ping = now
+                    self._send_record(cur, bytes((MSG_PING,)))
+                if now >= cur.ready_at + cfg.rekey_after_seconds:
+                    session._rekey_wanted = True
+                if cur.keys.sealed + cur.keys.opened >= cfg.rekey_after_records:
+                    session._rekey_wanted = True
+                if session._rekey_wanted and session._pending is None and (
+                        session._rekey_retry_at is None or now >= session._rekey_retry_at):
+                    session._rekey_retry_at = now + cfg.handshake_timeout
+                    self._start_client_handshake(session, now, prev=cur)
+            else:
+                if now >= session.last_rx + cfg.idle_timeout:
+                    self._end_session(session, REASON_IDLE)
+                elif cur.keys.sealed + cur.keys.opened >= cfg.hard_record_limit:
+                    self._end_session(session, REASON_KEY_LIMIT)
+
+    def rekey(self, session: Session, now: float) -> None:
+        """Client: start a rekey now (normally the record/time limits do this)."""
+        if self.role != CLIENT:
+            raise LocalError("the client starts rekeys")
+        if session.state == "established" and session._pending is None:
+            session._rekey_wanted = True
+            session._rekey_retry_at = now + self.config.handshake_timeout
+            self._start_client_handshake(session, now, prev=session._current)
+
+    def _timeout_association(self, assoc: _Association) -> None:
+        self.counters["handshakes_failed"] += 1
+        session = assoc.session
+        assoc.state = FAILED
+        self._drop_association(assoc)
+        if session is not None and session._pending is assoc:
+            session._pending = None
+            if session.state != "established":
+                self._end_session(session, REASON_HANDSHAKE_TIMEOUT)
+
+    # --- bookkeeping ----------------------------------------------------------------------
+
+    def _drop_association(self, assoc: _Association) -> None:
+        if assoc.id and self._by_id.get(assoc.id) is assoc:
+            del self._by_id[assoc.id]
+        if self._by_addr.get(assoc.addr) is assoc:
+            del self._by_addr[assoc.addr]
+
+    def _end_session(self, session: Session, reason: str) -> None:
+        if session.state == "closed":
+            return
+        session.state = "closed"
+        for assoc in (session._current, session._previous, session._pending):
+            if assoc is not None and assoc.state != FAILED:
+                self._drop_association(assoc)
+        session._pending = None
+        self._sessions.discard(session)
+        self._events.append(SessionClosed(session, reason))
