@@ -8,4 +8,10 @@ from __future__ import annotations
 
 import click
 
-COMMANDS: list[click.Command] = []
+from toucli.commands.completion import completion
+from toucli.commands.connect import connect
+from toucli.commands.demo import demo
+from toucli.commands.key import key
+from toucli.commands.listen import listen
+
+COMMANDS: list[click.Command] = [demo, listen, connect, key, completion]

@@ -1,0 +1,262 @@
+"""The asyncio runtime in one process: two tunnels over loopback UDP, cleartext transport."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+
+import pytest
+
+from toucli.stack.gue import PLAIN_HEADER
+from toucli.stack.segment import ACK, SYN, Segment
+from toucli.stack.tcp import encode_segment
+from toucli.tunnel import (
+    BATCH_PER_CONNECTION, Channel, PlainTransport, Tunnel, TunnelError, engine_config, mss_for,
+)
+from toucli.udp import UdpSocket
+
+
+def test_mss_from_the_path() -> None:
+    # 1500 - IP - UDP 8 - GUE 4 - TCP 20 - 40 bytes of options headroom
+    assert mss_for(socket.AF_INET, 4) == 1500 - 20 - 8 - 4 - 20 - 40 == 1408
+    assert mss_for(socket.AF_INET6, 4) == 1388
+    assert mss_for(socket.AF_INET, 53) == 1359     # DTLS 1.2 AES-GCM overhead
+
+
+def test_keepalive_finds_a_dead_peer_within_the_setting() -> None:
+    cfg = engine_config(socket.AF_INET, 4, keepalive=30)
+    assert cfg.keepalive_idle + cfg.keepalive_probes * cfg.keepalive_interval == pytest.approx(30)
+    assert cfg.user_timeout == 30
+    assert engine_config(socket.AF_INET, 4, keepalive=0).keepalive_idle is None
+
+
+def test_plain_transport_round_trip_and_drops() -> None:
+    tr = PlainTransport()
+    seg = Segment(40000, 1, 123, 0, SYN, 65535, mss=1408)
+    data, addr = tr.encode(("127.0.0.1", 9), seg)
+    assert data[:4] == PLAIN_HEADER == b"\x00\x06\x00\x00" and addr == ("127.0.0.1", 9)
+    out: list = []
+    tr.decode(memoryview(data), ("127.0.0.1", 9), 0.0, out)
+    assert out == [(("127.0.0.1", 9), seg)]
+    for bad in (b"\x00\x06", b"\x40" + data[1:], b"\x00\x11\x00\x00" + data[4:], data[:-1] + b"\x00" * 0 + b"!"):
+        tr.decode(memoryview(bad), ("127.0.0.1", 9), 0.0, out)
+    assert len(out) == 1 and tr.drops == 4
+
+
+class Pair:
+    """A listening and a connecting tunnel on two loopback sockets."""
+
+    def __init__(self, **cfg_kw) -> None:
+        self.accepted: asyncio.Queue[Channel] = asyncio.Queue()
+        cfg = engine_config(socket.AF_INET, 4, **cfg_kw)
+        self.server = Tunnel(UdpSocket.bind("127.0.0.1", 0), PlainTransport(), cfg,
+                             on_accept=self.accepted.put_nowait)
+        self.server.listen()
+        self.client = Tunnel(UdpSocket.bind("127.0.0.1", 0), PlainTransport(), cfg)
+
+    @property
+    def address(self):
+        return self.server.usock.local_address()
+
+    async def open(self) -> tuple[Channel, Channel]:
+        ch = self.client.connect(self.address)
+        await asyncio.wait_for(ch.connected, 5)
+        return ch, await asyncio.wait_for(self.accepted.get(), 5)
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
+
+
+async def read_all(ch: Channel) -> bytes:
+    parts = []
+    while data := await ch.read():
+        parts.append(data)
+    return b"".join(parts)
+
+
+def test_bulk_both_ways_with_half_close() -> None:
+    async def main() -> None:
+        p = Pair()
+        try:
+            a, b = await p.open()
+            up, down = os.urandom(3_000_000), os.urandom(2_000_000)
+
+            async def send(ch: Channel, data: bytes) -> None:
+                await ch.write(data)
+                ch.write_eof()
+
+            results = await asyncio.gather(send(a, up), send(b, down), read_all(a), read_all(b))
+            assert results[3] == up and results[2] == down
+            await asyncio.wait_for(asyncio.gather(a.wait_closed(), b.wait_closed()), 5)
+            assert a.finished and b.finished
+        finally:
+            p.close()
+
+    asyncio.run(main())
+
+
+def test_at_most_16_segments_per_connection_between_drains() -> None:
+    async def main() -> None:
+        p = Pair()
+        fed: list[int] = []
+        count = 0
+        ep = p.server.ep
+        real_receive, real_output = ep.receive, p.server._output
+
+        def receive(peer, seg, now):
+            nonlocal count
+            count += 1
+            real_receive(peer, seg, now)
+
+        def output(now):
+            nonlocal count
+            fed.append(count)
+            count = 0
+            real_output(now)
+
+        ep.receive = receive
+        p.server._output = output
+        try:
+            a, b = await p.open()
+            await a.write(os.urandom(2_000_000))
+            a.write_eof()
+            assert len(await read_all(b)) == 2_000_000
+        finally:
+            p.close()
+        assert max(fed) <= BATCH_PER_CONNECTION
+        assert max(fed) == BATCH_PER_CONNECTION     # batches do reach the limit on a bulk transfer
+
+    asyncio.run(main())
+
+
+def test_slow_reader_stops_the_writer_and_memory_stays_bounded() -> None:
+    buffer = 256 << 10
+
+    async def main() -> None:
+        p = Pair(buffer=buffer)
+        try:
+            a, b = await p.open()
+            sent = hashlib.sha256()
+            total = 0
+
+            async def writer() -> None:
+                nonlocal total
+                while True:
+                    chunk = os.urandom(64 << 10)
+                    sent.update(chunk)
+                    await a.write(chunk)
+                    total += len(chunk)
+
+            w = asyncio.ensure_future(writer())
+            await asyncio.sleep(0.5)               # the reader reads nothing for a while
+            stalled_at = total
+            # Everything written sits in the two engine buffers and the chunk being written.
+            slack = 4 * a.conn.eff_mss            # window probes may push a few bytes past the window
+            held = len(a.conn.snd_buf) + b.conn.readable
+            assert held <= 2 * buffer + slack
+            assert total <= 2 * buffer + slack + (64 << 10)
+            await asyncio.sleep(0.3)
+            assert total == stalled_at             # the writer is blocked, not buffering
+            # Now read slowly: the writer moves exactly as fast as the reader.
+            got = hashlib.sha256()
+            received = 0
+            while received < 4 * buffer:
+                data = await b.read(16 << 10)
+                got.update(data)
+                received += len(data)
+                await asyncio.sleep(0.001)
+                assert total - received <= 2 * buffer + slack + (64 << 10)
+            w.cancel()
+        finally:
+            p.close()
+
+    asyncio.run(main())
+
+
+def test_connect_to_a_port_nobody_listens_on_is_refused() -> None:
+    async def main() -> None:
+        p = Pair()
+        try:
+            ch = p.client.connect(p.address, remote_port=4242)
+            with pytest.raises(TunnelError, match="connection refused by 127.0.0.1"):
+                await asyncio.wait_for(ch.connected, 5)
+        finally:
+            p.close()
+
+    asyncio.run(main())
+
+
+def test_abort_resets_the_peer() -> None:
+    async def main() -> None:
+        p = Pair()
+        try:
+            a, b = await p.open()
+            a.abort()
+            with pytest.raises(TunnelError, match="reset"):
+                await asyncio.wait_for(b.read(), 5)
+        finally:
+            p.close()
+
+    asyncio.run(main())
+
+
+def test_close_all_sends_fin_on_every_channel() -> None:
+    async def main() -> None:
+        p = Pair()
+        try:
+            pairs = [await p.open() for _ in range(3)]
+            closing = asyncio.ensure_future(p.client.close_all(timeout=5))
+            for _, b in pairs:
+                assert await asyncio.wait_for(b.read(), 5) == b""   # FIN, not a reset
+                b.write_eof()
+            await closing
+            assert all(a.finished and a.error is None for a, _ in pairs)
+        finally:
+            p.close()
+
+    asyncio.run(main())
+
+
+def test_one_timer_drives_retransmission_of_a_lost_syn() -> None:
+    async def main() -> None:
+        p = Pair()
+        try:
+            lost = []
+            real = p.client.usock.send
+
+            def lose_first(datagrams):
+                if not lost:
+                    lost.append(datagrams)
+                    return
+                real(datagrams)
+
+            p.client.usock.send = lose_first
+            ch = p.client.connect(p.address)
+            await asyncio.wait_for(ch.connected, 5)   # the SYN went again after the RTO
+            assert lost and ch.conn.stats()["retransmitted_segments"] >= 1
+        finally:
+            p.close()
+
+    asyncio.run(main())
+
+
+def test_garbage_datagrams_are_ignored() -> None:
+    async def main() -> None:
+        p = Pair()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for junk in (b"", b"\xff" * 50, PLAIN_HEADER + b"\x00" * 10,
+                             PLAIN_HEADER + encode_segment(Segment(1, 1, 0, 0, ACK, 0))[:-2] + b"zz"):
+                    s.sendto(junk, p.address)
+            a, b = await p.open()
+            await a.write(b"still fine")
+            a.write_eof()
+            assert await read_all(b) == b"still fine"
+            assert p.server.transport.drops >= 3
+        finally:
+            p.close()
+
+    asyncio.run(main())

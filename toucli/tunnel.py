@@ -1,0 +1,959 @@
+"""The asyncio runtime: one UDP socket, a transport, the TCP engine, channels for the application.
+
+Layers, bottom up:
+
+* :class:`~toucli.udp.UdpSocket`: batched datagram I/O, read from ``loop.add_reader``;
+* a *transport* turning datagrams into ``(peer, Segment)`` and back. Two exist:
+  :class:`PlainTransport` (cleartext TOU, TOU-WIRE §1: a 4-byte GUE header and a
+  TCP segment with the address-free checksum; ``peer`` is the UDP address) and
+  the secure channel's adapter (``peer`` is an authenticated session);
+* the sans-I/O :class:`~toucli.stack.endpoint.Endpoint`, fed with at most
+  :data:`BATCH_PER_CONNECTION` segments per connection before its output is
+  drained (one ACK per batch without losing SACK information);
+* :class:`Channel`: one inner TCP connection seen as an async byte stream
+  whose ``write`` waits for send-buffer space and whose ``read`` returns what
+  is buffered. Nothing in between buffers without bound: the engine's send
+  and receive buffers are the only queues, so a slow reader at one end closes
+  the TCP window and stops the writer at the other.
+
+One timer, armed with ``loop.call_at`` at the earliest engine or transport
+deadline, drives every retransmission, delayed ACK and keepalive.
+
+Local byte streams (stdin, stdout, sockets, child processes) are
+:class:`FdStream`; :func:`splice` copies between a stream and a channel in both
+directions with FIN carried end to end (half-close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+import socket
+import stat
+import sys
+import threading
+from typing import Any, Callable, Hashable, Protocol
+
+from toucli.stack.config import ConnectionConfig
+from toucli.stack.connection import Connection, State
+from toucli.stack.endpoint import Endpoint
+from toucli.stack.errors import LocalError
+from toucli.stack.events import Closed, Connected, Error, PeerClosed, Readable, Reset, Writable
+from toucli.stack.gue import PLAIN_HEADER, PLAIN_HEADER_LEN, GueHeader, parse_header
+from toucli.stack.segment import Segment
+from toucli.stack.tcp import TcpDrop, decode_segment, encode_segment
+from toucli.udp import Address, UdpSocket
+
+STREAM_PORT = 1              # inner TCP port of the listen/connect byte stream (docs/PROTOCOL.md §9)
+BATCH_PER_CONNECTION = 16    # segments fed to one connection before its output is drained
+RECV_CALLS_PER_WAKEUP = 64   # bounded drain: other work runs between bursts
+READ_CHUNK = 256 << 10       # bytes moved per local read/write
+PATH_MTU = 1500
+TCP_HEADER = 20
+TCP_OPTIONS_HEADROOM = 40
+DEFAULT_KEEPALIVE = 30.0     # seconds until a silent peer is declared dead
+CLOSE_TIMEOUT = 2.0          # graceful close on a signal: how long FINs may take
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_INTERRUPTED = 130
+
+
+class TunnelError(Exception):
+    """A failure to report in one line, with the exit status it maps to."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class AuthenticationError(TunnelError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_AUTH)
+
+
+# ----------------------------------------------------------------- settings
+def mss_for(family: int, transport_overhead: int, mtu: int = PATH_MTU) -> int:
+    """Engine MSS: the path MTU less IP, UDP, the transport's bytes, the TCP header and 40 bytes of options."""
+    ip = 40 if family == socket.AF_INET6 else 20
+    return mtu - ip - 8 - transport_overhead - TCP_HEADER - TCP_OPTIONS_HEADROOM
+
+
+def engine_config(family: int, transport_overhead: int, *, keepalive: float = DEFAULT_KEEPALIVE,
+                  buffer: int | None = None) -> ConnectionConfig:
+    """A :class:`ConnectionConfig` for a tunnel: MSS from the path, dead peers found within ``keepalive`` s.
+
+    Keepalive (RFC 9293 §3.8.4) probes after ``keepalive/2`` s of silence, then three
+    times ``keepalive/6`` s apart; data left unacknowledged for ``keepalive`` s also
+    fails the connection (the user timeout, RFC 9293 §3.8.3), but never sooner than 10 s.
+    """
+    cfg = ConnectionConfig(mss=mss_for(family, transport_overhead))
+    if keepalive > 0:
+        cfg.keepalive_idle = keepalive / 2
+        cfg.keepalive_interval = keepalive / 6
+        cfg.keepalive_probes = 3
+        cfg.user_timeout = max(keepalive, 10.0)
+    if buffer is not None:
+        cfg.send_buffer = cfg.recv_buffer = buffer
+        cfg.initial_recv_window = min(cfg.initial_recv_window, buffer)
+    return cfg
+
+
+# --------------------------------------------------------------- transports
+class Transport(Protocol):
+    """What the runtime needs below the TCP engine (cleartext or secure)."""
+
+    name: str
+    overhead: int          # bytes a datagram carries on top of the TCP segment
+
+    def open(self, addr: Address, now: float) -> Hashable: ...
+    def decode(self, data: memoryview, addr: Address, now: float, out: list) -> None: ...
+    def encode(self, peer: Hashable, seg: Segment) -> tuple[bytes, Address] | None: ...
+    def failure(self, event: Any) -> tuple[Hashable, TunnelError] | None: ...
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]: ...
+    def next_deadline(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def next_event(self) -> Any: ...
+    def describe(self, peer: Hashable) -> str: ...
+
+
+class PlainTransport:
+    """Cleartext TOU (TOU-WIRE §1): GUE header ``00 06 00 00`` then the TCP segment.
+
+    Connections are told apart by (UDP peer address, TCP ports): ``peer`` is the address.
+    """
+
+    name = "cleartext"
+    overhead = PLAIN_HEADER_LEN
+
+    def __init__(self) -> None:
+        self.drops = 0
+
+    def open(self, addr: Address, now: float) -> Hashable:
+        return addr
+
+    def decode(self, data: memoryview, addr: Address, now: float, out: list) -> None:
+        if data[:PLAIN_HEADER_LEN] == PLAIN_HEADER:
+            start = PLAIN_HEADER_LEN
+        else:
+            hdr = parse_header(data)
+            if not isinstance(hdr, GueHeader) or hdr.transform is not None:
+                self.drops += 1
+                return
+            start = hdr.payload_offset
+        seg = decode_segment(data[start:])
+        if isinstance(seg, TcpDrop):
+            self.drops += 1
+            return
+        out.append((addr, seg))
+
+    def encode(self, peer: Hashable, seg: Segment) -> tuple[bytes, Address]:
+        return PLAIN_HEADER + encode_segment(seg), peer
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        return None
+
+    def next_event(self) -> Any:
+        return None
+
+    def failure(self, event: Any) -> tuple[Hashable, TunnelError] | None:
+        return None
+
+    def describe(self, peer: Hashable) -> str:
+        return format_address(peer)
+
+
+class SecureTransport:
+    """The secure channel (:mod:`toucli.session`): DTLS records in GUE; ``peer`` is a ``Session``.
+
+    Segments for a session whose handshake is still running wait in a short
+    queue (:data:`PENDING_SEGMENTS`) and leave once it is established, so the
+    first SYN does not wait for a retransmission timeout.
+    """
+
+    name = "DTLS"
+    PENDING_SEGMENTS = 64
+
+    def __init__(self, endpoint: Any) -> None:
+        from toucli.session import GUE_HEADER_LEN
+        from toucli.record import RECORD_HEADER_LEN
+
+        self.ep = endpoint
+        self.overhead = GUE_HEADER_LEN + RECORD_HEADER_LEN + 8 + 16   # AES-GCM: explicit nonce + tag
+        self.drops = 0
+        self._waiting: dict[Any, list[bytes]] = {}
+
+    def open(self, addr: Address, now: float) -> Hashable:
+        return self.ep.connect(addr, now)
+
+    def decode(self, data: memoryview, addr: Address, now: float, out: list) -> None:
+        for session, raw in self.ep.datagram_received(bytes(data), addr, now):
+            seg = decode_segment(raw, verify_checksum=False)   # the AEAD protects it (TOU-WIRE §3.3)
+            if isinstance(seg, TcpDrop):
+                self.drops += 1
+                continue
+            out.append((session, seg))
+
+    def encode(self, peer: Any, seg: Segment) -> tuple[bytes, Address] | None:
+        raw = encode_segment(seg, checksum=False)
+        if peer.state == "handshake":
+            queue = self._waiting.setdefault(peer, [])
+            if len(queue) < self.PENDING_SEGMENTS:
+                queue.append(raw)
+            return None
+        datagram = self.ep.seal_segment(peer, raw)
+        if datagram is None:
+            return None
+        return datagram, peer.peer_addr
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        out = self.ep.datagrams_to_send(now)
+        if self._waiting:
+            for session in [s for s in self._waiting if s.state != "handshake"]:
+                for raw in self._waiting.pop(session):
+                    datagram = self.ep.seal_segment(session, raw)
+                    if datagram is not None:
+                        out.append((datagram, session.peer_addr))
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.ep.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        self.ep.handle_timer(now)
+
+    def next_event(self) -> Any:
+        return self.ep.next_event()
+
+    def failure(self, event: Any) -> tuple[Hashable, TunnelError] | None:
+        """Events that end the session's connections: authentication failure (exit 3), closure (1)."""
+        from toucli.session import AuthenticationFailed, SessionClosed
+
+        session = getattr(event, "session", None)
+        if session is None:
+            return None
+        if isinstance(event, AuthenticationFailed):
+            return session, AuthenticationError(event.reason)
+        if isinstance(event, SessionClosed):
+            self._waiting.pop(session, None)
+            if event.reason.startswith("authentication failed"):
+                return session, AuthenticationError(event.reason)
+            return session, TunnelError(f"secure session with {format_address(session.peer_addr)} "
+                                        f"ended: {event.reason}")
+        return None
+
+    def describe(self, peer: Hashable) -> str:
+        addr = getattr(peer, "peer_addr", peer)
+        who = getattr(peer, "peer_identity", None)
+        return format_address(addr) + (f" ({who})" if who is not None else "")
+
+
+def format_address(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0])
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return str(addr)
+
+
+# ------------------------------------------------------------------ channel
+class Channel:
+    """One inner TCP connection as an async byte stream."""
+
+    def __init__(self, tunnel: "Tunnel", conn: Connection) -> None:
+        loop = tunnel.loop
+        self.tunnel = tunnel
+        self.conn = conn
+        self.connected: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.peer_closed = False
+        self.eof_sent = False
+        self.error: TunnelError | None = None
+        self.started = loop.time()
+        self.last_activity = self.started
+        self.bytes_in = 0        # delivered to the application
+        self.bytes_out = 0       # accepted from the application
+        self._reader: asyncio.Future[None] | None = None
+        self._writer: asyncio.Future[None] | None = None
+        if conn.state == State.ESTABLISHED:
+            self.connected.set_result(None)
+
+    @property
+    def peer(self) -> Hashable:
+        return self.conn.peer
+
+    def describe(self) -> str:
+        return self.tunnel.transport.describe(self.conn.peer)
+
+    # ---- application side
+    async def read(self, max_bytes: int = READ_CHUNK) -> bytes:
+        """Up to ``max_bytes`` in-order bytes; ``b""`` after the peer's FIN. Raises TunnelError on failure."""
+        while True:
+            data = self.conn.recv(max_bytes)
+            if data:
+                self.bytes_in += len(data)
+                self.last_activity = self.tunnel.loop.time()
+                self.tunnel.kick()          # the window may have opened
+                return data
+            if self.error is not None:
+                raise self.error
+            if self.peer_closed or self.done.done():
+                return b""
+            self._reader = self.tunnel.loop.create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+
+    async def write(self, data: bytes) -> None:
+        """Queue all of ``data``, waiting for send-buffer space as the peer acknowledges."""
+        view = memoryview(data)
+        while view:
+            if self.error is not None:
+                raise self.error
+            try:
+                n = self.conn.send(view)
+            except LocalError:
+                raise self.error or TunnelError("connection closed") from None
+            if n:
+                self.bytes_out += n
+                self.last_activity = self.tunnel.loop.time()
+                view = view[n:]
+                self.tunnel.kick()
+            if view:
+                self._writer = self.tunnel.loop.create_future()
+                try:
+                    await self._writer
+                finally:
+                    self._writer = None
+
+    def write_eof(self) -> None:
+        """Half-close: FIN after the queued data (RFC 9293 §3.10.4)."""
+        if self.eof_sent or self.error is not None or self.conn.state == State.CLOSED:
+            return
+        self.eof_sent = True
+        try:
+            self.conn.shutdown()
+        except LocalError:
+            return
+        self.tunnel.kick()
+        self.tunnel.watch_close(self)
+
+    def abort(self, reason: str = "connection aborted") -> None:
+        """Send RST and fail pending reads/writes."""
+        if not self.done.done():
+            self.conn.abort()
+            self._fail(TunnelError(reason))
+            self.tunnel.kick()
+
+    @property
+    def finished(self) -> bool:
+        """Both FINs exchanged and ours acknowledged, or the connection is gone."""
+        st = self.conn.state
+        return st in (State.TIME_WAIT, State.CLOSED) or self.done.done()
+
+    @property
+    def all_data_acked(self) -> bool:
+        """Everything we sent was acknowledged (only our FIN may still be outstanding)."""
+        c = self.conn
+        return c.fin_off is not None and c.snd_una >= c.fin_off
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self.done)
+
+    # ---- engine side
+    def _wake(self, which: str) -> None:
+        fut = self._reader if which == "r" else self._writer
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _fail(self, error: TunnelError) -> None:
+        if self.done.done():
+            return
+        self.error = error
+        for fut in (self.connected, self._reader, self._writer):
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+                fut.exception()     # retrieved: a failure may have nobody waiting for it
+        self.done.set_exception(error)
+        self.done.exception()
+
+    def _finish(self) -> None:
+        self._wake("r")
+        self._wake("w")
+        if not self.done.done():
+            self.done.set_result(None)
+        if not self.connected.done():
+            self.connected.set_exception(TunnelError("connection closed before it was established"))
+            self.connected.exception()
+
+
+# ------------------------------------------------------------------- tunnel
+class Tunnel:
+    """The runtime for one UDP socket: transport, engine, timer and channels."""
+
+    def __init__(self, usock: UdpSocket, transport: Transport, config: ConnectionConfig, *,
+                 on_accept: Callable[[Channel], None] | None = None,
+                 on_event: Callable[[Any], None] | None = None,
+                 secret: bytes | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.usock = usock
+        self.transport = transport
+        self.config = config
+        self.ep = Endpoint(config, secret or os.urandom(32))
+        self.on_accept = on_accept
+        self.on_event = on_event          # transport (session) events
+        self.channels: dict[Connection, Channel] = {}
+        self._closing: set[Channel] = set()
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._closed = False
+        self._rx: list[tuple[Hashable, Segment]] = []
+        self._counts: dict[tuple, int] = {}
+        self.udp_error: OSError | None = None
+        self.loop.add_reader(usock.fileno(), self._on_readable)
+        usock.on_blocked = self._on_blocked
+
+    # ---- API
+    def listen(self, port: int = STREAM_PORT) -> None:
+        self.ep.listen(port)
+
+    def unlisten(self, port: int = STREAM_PORT) -> None:
+        self.ep.unlisten(port)
+
+    def connect(self, addr: Address, remote_port: int = STREAM_PORT) -> Channel:
+        """Open an inner connection to ``addr`` (``Channel.connected`` resolves on the handshake)."""
+        now = self.loop.time()
+        peer = self.transport.open(addr, now)
+        used = {c.local_port for c in self.ep.connections.values() if c.peer == peer}
+        while True:
+            lport = random.randint(49152, 65535)
+            if lport not in used:
+                break
+        conn = self.ep.connect(peer, lport, remote_port, now)
+        ch = Channel(self, conn)
+        self.channels[conn] = ch
+        self.kick()
+        return ch
+
+    def kick(self) -> None:
+        """Schedule one service round (output, events, timer) for this loop iteration."""
+        if not self._scheduled and not self._closed:
+            self._scheduled = True
+            self.loop.call_soon(self._service)
+
+    def watch_close(self, ch: Channel) -> None:
+        self._closing.add(ch)
+
+    async def close_all(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Graceful end: FIN on every channel, wait up to ``timeout`` s, reset the rest."""
+        for ch in list(self.channels.values()):
+            ch.write_eof()
+        pending = [ch.done for ch in self.channels.values() if not ch.finished]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        for ch in list(self.channels.values()):
+            if not ch.finished:
+                ch.abort("closed on a signal")
+        self.flush()
+
+    def flush(self) -> None:
+        """Run one service round now (e.g. to send the final ACK before exiting)."""
+        if not self._closed:
+            self._service()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            self.loop.remove_reader(self.usock.fileno())
+            self.loop.remove_writer(self.usock.fileno())
+        except (ValueError, OSError):
+            pass
+        self.usock.close()
+
+    # ---- I/O
+    def _on_readable(self) -> None:
+        now = self.loop.time()
+        rx = self._rx
+        decode = self.transport.decode
+        ep = self.ep
+        counts = self._counts
+
+        def handle(data: memoryview, addr: Address) -> None:
+            decode(data, addr, now, rx)
+            if not rx:
+                return
+            for peer, seg in rx:
+                ep.receive(peer, seg, now)
+                key = (peer, seg.dport, seg.sport)
+                c = counts.get(key, 0) + 1
+                if c >= BATCH_PER_CONNECTION:
+                    counts.clear()
+                    self._output(now)
+                else:
+                    counts[key] = c
+            rx.clear()
+
+        try:
+            self.usock.receive(handle, RECV_CALLS_PER_WAKEUP)
+        except OSError as exc:
+            self._udp_failed(exc)
+        counts.clear()
+        self._service(now)
+
+    def _udp_failed(self, exc: OSError) -> None:
+        """A socket error: ECONNREFUSED (ICMP port unreachable) fails the connected peer's channels."""
+        if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+            self.udp_error = exc
+            where = format_address(self.usock.connected_to) if self.usock.connected_to else "peer"
+            text = {errno.ECONNREFUSED: f"connection refused: nothing listens on UDP {where}"}.get(
+                exc.errno, f"{where}: {exc.strerror}")
+            for ch in list(self.channels.values()):
+                ch.conn.abort()
+                ch._fail(TunnelError(text))
+            return
+        raise exc
+
+    def _on_blocked(self) -> None:
+        self.loop.add_writer(self.usock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        if self.usock.flush_pending():
+            self.loop.remove_writer(self.usock.fileno())
+
+    def _output(self, now: float) -> None:
+        segs = self.ep.segments_to_send(now)
+        tr = self.transport
+        out = tr.datagrams_to_send(now)
+        if segs:
+            encode = tr.encode
+            for peer, seg in segs:
+                d = encode(peer, seg)
+                if d is not None:
+                    out.append(d)
+        if out:
+            try:
+                self.usock.send(out)
+            except OSError as exc:
+                self._udp_failed(exc)
+
+    def _service(self, now: float | None = None) -> None:
+        """Drain output, dispatch events, re-arm the timer."""
+        self._scheduled = False
+        if self._closed:
+            return
+        if now is None:
+            now = self.loop.time()
+        for _ in range(8):
+            self._output(now)
+            if not self._dispatch():
+                break
+        if self._closing:
+            for ch in list(self._closing):
+                if ch.finished:
+                    self._closing.discard(ch)
+                    ch._finish()
+                elif ch.conn.state in (State.FIN_WAIT_2, State.LAST_ACK, State.CLOSING):
+                    ch._wake("r")
+        self._arm()
+
+    def _dispatch(self) -> bool:
+        """Hand engine and transport events to their channels; True if any came."""
+        any_event = False
+        ep = self.ep
+        while True:
+            ev = ep.next_event()
+            if ev is None:
+                break
+            any_event = True
+            conn = ev.conn
+            ch = self.channels.get(conn)
+            if isinstance(ev, Readable):
+                if ch is not None:
+                    ch._wake("r")
+            elif isinstance(ev, Writable):
+                if ch is not None:
+                    ch._wake("w")
+            elif isinstance(ev, Connected):
+                if ch is None:
+                    ch = Channel(self, conn)
+                    self.channels[conn] = ch
+                    if self.on_accept is not None:
+                        self.on_accept(ch)
+                    else:
+                        ch.abort("not accepting connections")
+                elif not ch.connected.done():
+                    ch.connected.set_result(None)
+            elif isinstance(ev, PeerClosed):
+                if ch is not None:
+                    ch.peer_closed = True
+                    ch._wake("r")
+                    if ch.eof_sent:
+                        self._closing.add(ch)
+            elif isinstance(ev, Reset):
+                if ch is not None:
+                    if ch.connected.done():
+                        ch._fail(TunnelError(f"connection reset by {ch.describe()}"))
+                    else:
+                        ch._fail(TunnelError(f"connection refused by {ch.describe()} (nothing listens there)"))
+            elif isinstance(ev, Error):
+                if ch is not None:
+                    reason = ev.reason or "connection failed"
+                    ch._fail(TunnelError(f"{ch.describe()}: {reason}"))
+            elif isinstance(ev, Closed):
+                if ch is not None:
+                    del self.channels[conn]
+                    self._closing.discard(ch)
+                    ch._finish()
+        tr = self.transport
+        while True:
+            tev = tr.next_event()
+            if tev is None:
+                break
+            any_event = True
+            failed = tr.failure(tev)
+            if failed is not None:
+                session, error = failed
+                for ch in list(self.channels.values()):
+                    if ch.conn.peer is session and not ch.done.done():
+                        ch.conn.abort()
+                        ch._fail(error)
+            if self.on_event is not None:
+                self.on_event(tev)
+        return any_event
+
+    def _arm(self) -> None:
+        t = self.ep.next_deadline()
+        t2 = self.transport.next_deadline()
+        if t2 is not None and (t is None or t2 < t):
+            t = t2
+        if t is None:
+            return
+        if t == float("-inf"):
+            self.kick()
+            return
+        if t < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = t
+            self._timer = self.loop.call_at(t, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        now = self.loop.time()
+        self.ep.handle_timer(now)
+        self.transport.handle_timer(now)
+        self._service(now)
+
+    def stats(self) -> dict:
+        u = self.usock
+        return {"datagrams_in": u.datagrams_in, "datagrams_out": u.datagrams_out,
+                "recv_calls": u.recv_calls, "send_calls": u.send_calls, "send_drops": u.send_drops,
+                "gso": u.gso, "gro": u.gro, **self.ep.stats()}
+
+
+# ------------------------------------------------------------ local streams
+class FdStream:
+    """A local byte stream over a file descriptor (stdin, stdout, a socket, a pipe).
+
+    Pipes and sockets are read and written non-blocking from the event loop;
+    regular files and ``/dev/null`` (which cannot be polled) blocking, right
+    away; a terminal is read by a helper thread so the loop never blocks and
+    the terminal's file status flags stay untouched.
+    """
+
+    def __init__(self, fd: int, *, sock: socket.socket | None = None, owned: bool = False) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.fd = fd
+        self.sock = sock
+        self.owned = owned
+        self.closed = False
+        self.eof_written = False
+        mode = os.fstat(fd).st_mode
+        if sock is not None or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            self.kind = "poll"
+        elif os.isatty(fd):
+            self.kind = "tty"
+        else:
+            self.kind = "file"
+        self._was_blocking: bool | None = None
+        if self.kind == "poll":
+            self._was_blocking = os.get_blocking(fd)
+            os.set_blocking(fd, False)
+        self._thread_queue: asyncio.Queue[bytes | BaseException] | None = None
+
+    async def read(self, n: int = READ_CHUNK) -> bytes:
+        if self.kind == "file":
+            return os.read(self.fd, n)
+        if self.kind == "tty":
+            return await self._tty_read(n)
+        while True:
+            try:
+                return os.read(self.fd, n)
+            except (BlockingIOError, InterruptedError):
+                await self._wait(self.loop.add_reader, self.loop.remove_reader)
+            except ConnectionResetError:
+                return b""
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self.kind != "poll":
+                n = os.write(self.fd, view)
+            else:
+                try:
+                    n = os.write(self.fd, view)
+                except (BlockingIOError, InterruptedError):
+                    await self._wait(self.loop.add_writer, self.loop.remove_writer)
+                    continue
+            view = view[n:]
+
+    def write_eof(self) -> None:
+        """Tell the reader at the other end that no more data comes."""
+        if self.eof_written or self.closed:
+            return
+        self.eof_written = True
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        elif self.fd <= 2:
+            self._restore()
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.fd)
+            os.close(null)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._restore()
+        if self.sock is not None:
+            self.sock.close()
+        elif self.owned:
+            os.close(self.fd)
+
+    def _restore(self) -> None:
+        if self._was_blocking is not None:
+            try:
+                os.set_blocking(self.fd, self._was_blocking)
+            except OSError:
+                pass
+            self._was_blocking = None
+
+    async def _wait(self, add: Callable, remove: Callable) -> None:
+        fut = self.loop.create_future()
+        add(self.fd, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            remove(self.fd)
+
+    async def _tty_read(self, n: int) -> bytes:
+        if self._thread_queue is None:
+            self._thread_queue = asyncio.Queue(maxsize=1)
+            q, loop, fd = self._thread_queue, self.loop, self.fd
+
+            def reader() -> None:
+                while True:
+                    try:
+                        data: bytes | BaseException = os.read(fd, n)
+                    except OSError as exc:
+                        data = exc
+                    fut = asyncio.run_coroutine_threadsafe(q.put(data), loop)
+                    try:
+                        fut.result()
+                    except Exception:
+                        return
+                    if not data or isinstance(data, BaseException):
+                        return
+
+            threading.Thread(target=reader, name="tou-tty", daemon=True).start()
+        item = await self._thread_queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+def stdio_streams() -> tuple[FdStream, FdStream]:
+    return FdStream(sys.stdin.fileno()), FdStream(sys.stdout.fileno())
+
+
+async def splice(ch: Channel, source: FdStream | None, sink: FdStream | None, *,
+                 on_source_eof: Callable[[], None] | None = None,
+                 close_sink: bool = True) -> None:
+    """Copy ``source`` -> ``ch`` and ``ch`` -> ``sink`` until both directions ended.
+
+    The source's EOF becomes our FIN; the peer's FIN closes the sink's write side.
+    ``source=None`` sends FIN at once; ``sink=None`` discards what arrives. Raises
+    TunnelError when the channel fails; a sink whose reader went away (EPIPE) resets
+    the connection and ends quietly.
+    """
+
+    async def up() -> None:
+        if source is not None:
+            while True:
+                try:
+                    data = await source.read(READ_CHUNK)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                await ch.write(data)
+        ch.write_eof()
+        if on_source_eof is not None:
+            on_source_eof()
+
+    async def down() -> None:
+        while True:
+            data = await ch.read(READ_CHUNK)
+            if not data:
+                break
+            if sink is not None:
+                try:
+                    await sink.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    ch.abort("local reader went away")
+                    raise _ReaderGone() from None
+        if sink is not None and close_sink:
+            sink.write_eof()
+
+    up_task = asyncio.ensure_future(up())
+    down_task = asyncio.ensure_future(down())
+    try:
+        done, _ = await asyncio.wait({up_task, down_task}, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            exc = t.exception()
+            if exc is not None:
+                raise exc
+        await _until_finished(ch)
+    except _ReaderGone:
+        return
+    finally:
+        for t in (up_task, down_task):
+            if not t.done():
+                t.cancel()
+        for t in (up_task, down_task):
+            if not t.cancelled():
+                try:
+                    await t
+                except BaseException:
+                    pass
+
+
+class _ReaderGone(Exception):
+    pass
+
+
+LAST_ACK_GRACE = 2.0   # both FINs exchanged and all data acknowledged: wait this long for the last ACK
+
+
+async def _until_finished(ch: Channel) -> None:
+    """Wait until our FIN is acknowledged (TIME-WAIT or CLOSED).
+
+    In LAST-ACK/CLOSING with every data byte acknowledged only the ACK of our FIN
+    is missing; after :data:`LAST_ACK_GRACE` s the exchange counts as complete.
+    """
+    if ch.finished:
+        if ch.error is not None:
+            raise ch.error
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(ch.done), LAST_ACK_GRACE)
+        return
+    except asyncio.TimeoutError:
+        pass
+    while not ch.finished:
+        if ch.all_data_acked and ch.peer_closed:
+            return
+        await asyncio.wait({ch.done}, timeout=LAST_ACK_GRACE)
+    if ch.error is not None:
+        raise ch.error
+
+
+# ------------------------------------------------------------------ running
+class Signals:
+    """SIGINT/SIGTERM for a running command: the first asks for a graceful stop, the second is final.
+
+    ``stopping`` resolves with the exit status to use: 130 after SIGINT
+    (128 + 2, the shell's convention), 0 after SIGTERM (a service asked to stop
+    did not fail).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        import signal
+
+        self.loop = loop
+        self.stopping: asyncio.Future[int] = loop.create_future()
+        self.main: asyncio.Task | None = None
+        self.final_code: int | None = None
+        self._installed = []
+        for sig, code in ((signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_OK)):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, code)
+                self._installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+    def _on_signal(self, code: int) -> None:
+        if not self.stopping.done():
+            self.stopping.set_result(code)
+        elif self.main is not None and not self.main.done():
+            self.final_code = self.stopping.result()
+            self.main.cancel()
+
+    def remove(self) -> None:
+        for sig in self._installed:
+            self.loop.remove_signal_handler(sig)
+
+
+def run(main: Callable[[Signals], Any], *, verbose: int = 0) -> int:
+    """Run ``main(signals)`` in a fresh event loop; return its exit status.
+
+    A :class:`TunnelError` becomes one line on stderr (a traceback too with ``-v``)
+    and its exit status; a second signal ends at once with the first signal's status.
+    """
+    async def runner() -> int:
+        loop = asyncio.get_running_loop()
+        signals = Signals(loop)
+        signals.main = asyncio.current_task()
+        inner = asyncio.ensure_future(main(signals))
+        try:
+            return await inner
+        except asyncio.CancelledError:
+            inner.cancel()
+            return signals.final_code if signals.final_code is not None else EXIT_INTERRUPTED
+        finally:
+            signals.remove()
+
+    try:
+        return asyncio.run(runner())
+    except TunnelError as exc:
+        if verbose:
+            import traceback
+            traceback.print_exc()
+        print(f"tou: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

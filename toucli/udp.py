@@ -1,0 +1,259 @@
+"""Batched UDP I/O for the tunnel: a drain loop on receive, GSO/GRO where the kernel has them.
+
+asyncio's datagram endpoint reads every datagram into a fresh 256 KiB buffer
+and calls back once per datagram. :class:`UdpSocket` instead reads into one
+reusable buffer in a bounded loop (the caller drives it from
+``loop.add_reader``) and hands each datagram to a callback as a
+``memoryview`` that is only valid during the call.
+
+Linux offloads (``udp(7)``, kernel >= 4.18 / 5.0):
+
+* **GSO** (``UDP_SEGMENT`` ancillary data on ``sendmsg``): several datagrams
+  of one size to one address leave in a single system call; the kernel cuts
+  them apart. Only the last may be shorter.
+* **GRO** (``UDP_GRO`` socket option): the kernel may hand over several
+  datagrams of one size as one buffer with a ``UDP_GRO`` control message
+  giving the segment size; on loopback a GSO batch arrives this way uncut.
+
+Both are probed when the socket is opened and switched off for good the first
+time the kernel refuses them, after which the plain path is used.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from collections import deque
+from typing import Any, Callable
+
+SOL_UDP = 17
+UDP_SEGMENT = 103          # linux/udp.h
+UDP_GRO = 104              # linux/udp.h
+GSO_MAX_SEGMENTS = 64      # UDP_MAX_SEGMENTS in older kernels (newer: 128)
+GSO_MAX_BYTES = 65000      # the super-packet must fit one IP packet (64 KiB minus headers)
+RECV_BUFFER = 65536        # a GRO buffer holds up to 64 KiB
+SOCKET_BUFFER = 4 << 20    # requested SO_RCVBUF / SO_SNDBUF
+PENDING_LIMIT = 4096       # datagrams queued while the socket would block; beyond: dropped (UDP)
+
+_U16 = struct.Struct("=H")
+_INT = struct.Struct("=i")
+_CMSG_SPACE = socket.CMSG_SPACE(_INT.size)
+
+Address = Any              # whatever the socket family uses: (host, port) or (host, port, flow, scope)
+Handler = Callable[[memoryview, Address], None]
+
+
+class UdpSocket:
+    """A non-blocking UDP socket with batched receive and segmented send."""
+
+    def __init__(self, sock: socket.socket, *, gso: bool = True, gro: bool = True) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.family = sock.family
+        self.connected_to: Address | None = None
+        self.gso = gso and _probe_gso(sock)
+        self.gro = gro and _enable_gro(sock)
+        self._buf = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buf)
+        self.pending: deque[tuple[bytes, Address]] = deque()
+        self.on_blocked: Callable[[], None] | None = None   # set by the runtime: watch for writability
+        # counters
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.recv_calls = 0
+        self.send_calls = 0
+        self.send_drops = 0
+        _grow_buffers(sock)
+
+    # -------------------------------------------------------------- set-up
+    @classmethod
+    def bind(cls, host: str, port: int, family: int = socket.AF_INET, **kw: bool) -> "UdpSocket":
+        """A socket bound to ``host:port``; ``::`` is dual-stack (v4 peers appear v4-mapped)."""
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6 and host in ("::", ""):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, **kw)
+
+    def connect(self, addr: Address) -> None:
+        """Fix the peer: only its datagrams are received, and ICMP errors become ECONNREFUSED."""
+        self.sock.connect(addr)
+        self.connected_to = self.sock.getpeername()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def local_address(self) -> Address:
+        return self.sock.getsockname()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # ------------------------------------------------------------- receive
+    def receive(self, handler: Handler, max_calls: int = 64) -> int:
+        """Read until the socket is empty or ``max_calls`` reads were made.
+
+        Calls ``handler(datagram, address)`` for each datagram (GRO buffers are
+        cut at the segment size). Returns the number of datagrams. Errors other
+        than "would block" (e.g. ECONNREFUSED on a connected socket) propagate.
+        """
+        sock, buf, view = self.sock, self._buf, self._view
+        count = 0
+        if self.gro:
+            recvmsg_into = sock.recvmsg_into
+            for _ in range(max_calls):
+                try:
+                    n, anc, _flags, addr = recvmsg_into((buf,), _CMSG_SPACE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                self.recv_calls += 1
+                self.bytes_in += n
+                seg = 0
+                for level, kind, data in anc:
+                    if level == SOL_UDP and kind == UDP_GRO:
+                        seg = _INT.unpack_from(data)[0]
+                if seg and seg < n:
+                    for off in range(0, n, seg):
+                        handler(view[off:min(off + seg, n)], addr)
+                        count += 1
+                else:
+                    handler(view[:n], addr)
+                    count += 1
+        else:
+            recvfrom_into = sock.recvfrom_into
+            for _ in range(max_calls):
+                try:
+                    n, addr = recvfrom_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    break
+                self.recv_calls += 1
+                self.bytes_in += n
+                handler(view[:n], addr)
+                count += 1
+        self.datagrams_in += count
+        return count
+
+    # ---------------------------------------------------------------- send
+    def send(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        """Send datagrams in order, grouping runs to one address into GSO batches.
+
+        When the socket would block the rest is queued (up to ``PENDING_LIMIT``
+        datagrams, then dropped like a full router queue) and ``on_blocked`` is
+        called; :meth:`flush_pending` continues once the socket is writable.
+        """
+        if self.pending:
+            self._queue(datagrams, 0)
+            return
+        n = len(datagrams)
+        i = 0
+        gso = self.gso
+        while i < n:
+            data, addr = datagrams[i]
+            j = i + 1
+            if gso and j < n:
+                size = len(data)
+                limit = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // max(size, 1))
+                while j < n and j - i < limit:
+                    d2, a2 = datagrams[j]
+                    if a2 != addr or len(d2) > size:
+                        break
+                    j += 1
+                    if len(d2) < size:
+                        break          # a shorter datagram ends a GSO batch
+            try:
+                if j - i > 1:
+                    self._send_gso(datagrams, i, j, addr)
+                else:
+                    self._send_one(data, addr)
+            except (BlockingIOError, InterruptedError):
+                self._queue(datagrams, i)
+                return
+            except OSError as exc:
+                if j - i > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    self.gso = gso = False     # refused by the kernel or device: plain sends from now on
+                    continue
+                if exc.errno in (errno.ENOBUFS, errno.EMSGSIZE, errno.ECONNREFUSED, errno.EHOSTUNREACH,
+                                 errno.ENETUNREACH, errno.EPERM, errno.EADDRNOTAVAIL):
+                    self.send_drops += j - i   # lost like any datagram; TCP recovers
+                    i = j
+                    continue
+                raise
+            i = j
+
+    def _send_one(self, data: bytes, addr: Address) -> None:
+        if self.connected_to is not None:
+            self.sock.send(data)
+        else:
+            self.sock.sendto(data, addr)
+        self.send_calls += 1
+        self.datagrams_out += 1
+        self.bytes_out += len(data)
+
+    def _send_gso(self, datagrams: list[tuple[bytes, Address]], i: int, j: int, addr: Address) -> None:
+        parts = [d for d, _ in datagrams[i:j]]
+        size = len(parts[0])
+        anc = [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))]
+        if self.connected_to is not None:
+            sent = self.sock.sendmsg(parts, anc)
+        else:
+            sent = self.sock.sendmsg(parts, anc, 0, addr)
+        self.send_calls += 1
+        self.datagrams_out += j - i
+        self.bytes_out += sent
+
+    def _queue(self, datagrams: list[tuple[bytes, Address]], start: int) -> None:
+        pending = self.pending
+        was_empty = not pending
+        for k in range(start, len(datagrams)):
+            if len(pending) >= PENDING_LIMIT:
+                self.send_drops += len(datagrams) - k
+                break
+            pending.append(datagrams[k])
+        if was_empty and pending and self.on_blocked is not None:
+            self.on_blocked()
+
+    def flush_pending(self) -> bool:
+        """Send what was queued while blocked; True when the queue is empty."""
+        pending = self.pending
+        while pending:
+            batch = list(pending)
+            pending.clear()
+            self.send(batch)
+            if pending:
+                return False
+        return True
+
+
+def _probe_gso(sock: socket.socket) -> bool:
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+        return True
+    except OSError:
+        return False
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        return bool(sock.getsockopt(SOL_UDP, UDP_GRO))
+    except OSError:
+        return False
+
+
+def _grow_buffers(sock: socket.socket) -> None:
+    """Ask for large socket buffers: a burst of a whole window must not overflow them."""
+    for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):   # SO_RCVBUFFORCE / SO_SNDBUFFORCE
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            except OSError:
+                pass
