@@ -369,3 +369,47 @@ def test_unreadable_key_file_is_a_usage_error(tmp_path) -> None:
               "tou-p256 AnZvVq9ulLhqVpbNV0r1HGNF3dHsmrdfOHtI1cSdWNJ2", "127.0.0.1", "9")
     assert res.returncode == 2
     assert b"missing.key" in res.stderr
+
+
+def test_authentication_failures_are_quick_one_line_and_logged_by_the_server(procs, tmp_path) -> None:
+    """Issue 3: the client exits 3 with one clear line within 2 s (measured after start-up,
+    with a warm listener); the server logs the address and key fingerprint and keeps serving."""
+    from toucli.keys import PrivateKey
+
+    server, client, stranger = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
+    for name, key in (("srv", server), ("cli", client), ("stranger", stranger)):
+        key.save(tmp_path / f"{name}.key")
+    (tmp_path / "authorized").write_text(client.public.text() + " laptop\n")
+    port = free_port()
+    lst = tou("listen", "-k", "-d", "-v", "--key-file", str(tmp_path / "srv.key"),
+              "--authorized-keys", str(tmp_path / "authorized"), "127.0.0.1", str(port))
+    procs.append(lst)
+    wait_listening(port, lst)
+    cases = [
+        (("--key-file", str(tmp_path / "stranger.key")),
+         "authentication failed: the server does not accept this client's key"),
+        (("--key-file", str(tmp_path / "cli.key"), "--peer-key", client.public.text()),
+         "authentication failed: server key does not match --peer-key"),
+    ]
+    for extra, line in cases:
+        if "--peer-key" not in extra:
+            extra = (*extra, "--peer-key", server.public.text())
+        start = time.monotonic()
+        res = run("connect", *extra, "127.0.0.1", str(port))
+        elapsed = time.monotonic() - start
+        assert res.returncode == 3, res.stderr
+        lines = [ln for ln in res.stderr.decode().splitlines() if ln.strip()]
+        assert any(ln.endswith(line) for ln in lines), lines
+        assert len([ln for ln in lines if "authentication failed" in ln]) == 1
+        assert "Traceback" not in res.stderr.decode()
+        assert elapsed < 2.0 + 1.5, elapsed      # 2 s budget plus interpreter start-up
+    # The legitimate client still gets through after the failures.
+    res = run("connect", "--key-file", str(tmp_path / "cli.key"), "--peer-key",
+              server.public.text(), "127.0.0.1", str(port), input=b"still serving")
+    assert res.returncode == 0, res.stderr
+    lst.send_signal(signal.SIGTERM)
+    out, err = lst.communicate(timeout=10)
+    assert out == b"still serving"
+    text = err.decode()
+    assert stranger.public.fingerprint() in text   # rejected key logged by fingerprint
+    assert "127.0.0.1" in text                     # and the address it came from

@@ -22,6 +22,7 @@ from toucli.tunnel import (
     EXIT_FAILURE, EXIT_OK, Channel, FdStream, Signals, Transport, Tunnel, TunnelError, engine_config,
     format_address, run,
 )
+from toucli.session import REASON_UNKNOWN_CLIENT, AuthenticationFailed
 from toucli.udp import UdpSocket
 
 
@@ -123,8 +124,14 @@ async def _listen(sig: Signals, s: Settings, transport: Transport, addr: str | N
         active.add(task)
         task.add_done_callback(active.discard)
 
+    def on_event(ev: object) -> None:
+        # Issue 3: the server names every rejected peer (address and key) and keeps serving.
+        if isinstance(ev, AuthenticationFailed):
+            key = f" (key {ev.fingerprint})" if ev.fingerprint and ev.reason == REASON_UNKNOWN_CLIENT else ""
+            s.info(f"rejected {format_address(ev.addr)}{key}: {ev.reason}", level=0)
+
     tunnel = Tunnel(usock, transport, engine_config(family, transport.overhead, keepalive=s.keepalive),
-                    on_accept=on_accept)
+                    on_accept=on_accept, on_event=on_event)
     tunnel.listen()
     s.info(f"listening on UDP {format_address(usock.local_address())} ({transport.name})")
     try:
