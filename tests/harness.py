@@ -79,7 +79,8 @@ def test_config(**overrides: Any) -> ConnectionConfig:
     advertises ``wnd=64000`` until data is buffered.
     """
     base = dict(mss=1000, send_buffer=1 << 20, recv_buffer=64000, initial_recv_window=64000,
-                window_scaling=False, timestamps=False, sack=True, congestion_control="newreno")
+                window_scaling=False, timestamps=False, sack=True, congestion_control="newreno",
+                pacing=False)
     base.update(overrides)
     return ConnectionConfig(**base)
 

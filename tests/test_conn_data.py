@@ -220,7 +220,7 @@ def test_out_of_order_queue_bound():
 # ---------------------------------------------------------------- sending
 def test_send_segments_by_mss_and_respects_peer_window():
     """RFC 9293 §3.8.6.2.1: sender SWS avoidance: no 500-byte runt into a 2500-byte window."""
-    t = est(peer_wnd=2500)
+    t = est(peer_wnd=2500, tlp=False)   # the ACK comes after 2*SRTT: no tail loss probe here
     assert t.send(b"z" * 4000, at=0.1) == 4000
     t.expect(t.out(S, R, ACK, W, b"z" * 1000),
              t.out(S + 1000, R, ACK, W, b"z" * 1000))
@@ -327,7 +327,7 @@ def test_no_nagle_sends_small_segments_at_once():
 
 
 def test_acks_release_send_buffer_and_stop_rto():
-    t = est()
+    t = est(tlp=False)   # the RTO alone (the probe timer has tests in test_rack.py)
     t.send(b"d" * 2000, at=0.1)
     t.pop_output()
     assert t.deadline() == pytest.approx(0.3)
@@ -446,7 +446,7 @@ def test_wraparound_both_directions_100k():
 def test_window_limited_sender_with_nothing_in_flight_sends_what_fits():
     """RFC 9293 §3.8.6.2.1: with nothing in flight no ACK will clock the sender, so the
     SWS override applies at once (as Linux does): the 500 bytes the window allows go out."""
-    t = est(peer_wnd=2500)
+    t = est(peer_wnd=2500, tlp=False)   # the ACK comes after 100 ms: no tail loss probe here
     t.send(b"z" * 4000, at=0.1)
     assert len(t.pop_segments()) == 2
     t.recv(t.inp(R, S + 2000, ACK, 500), at=0.2)   # all acked; 500 bytes of window left

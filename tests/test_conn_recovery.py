@@ -59,7 +59,7 @@ def test_rto_retransmission_with_exponential_backoff_capped():
 
 def test_rto_resends_one_segment_then_slow_starts():
     """RFC 5681 §3.1: after an RTO cwnd = 1 SMSS (loss window); ssthresh = FlightSize/2."""
-    t = est()
+    t = est(tlp=False)   # a tail loss probe would come first (see test_rack.py)
     t.send(X * 5000, at=0.1)
     assert len(t.pop_segments()) == 5
     t.advance(to=0.3)
@@ -103,7 +103,7 @@ def test_user_timeout_gives_up_with_error_and_rst():
 
 
 def test_user_timeout_counts_from_last_progress():
-    t = est(user_timeout=1.0, rto_max=1.0)
+    t = est(user_timeout=1.0, rto_max=1.0, tlp=False)
     t.send(X * 2000, at=0.1)
     t.pop_output()
     t.advance(to=0.85)
@@ -295,7 +295,7 @@ def test_default_congestion_control_is_cubic():
 
 def test_received_dsack_is_not_counted_as_new_sack():
     """RFC 2883 §4: a first block below the cumulative ACK reports a duplicate."""
-    t = est()
+    t = est(tlp=False)
     t.send(X * 4000, at=0.1)
     t.pop_output()
     t.recv(t.inp(R, S + 2000, ACK, W), at=0.11)

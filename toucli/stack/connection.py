@@ -17,15 +17,21 @@ helpers of :mod:`toucli.stack.seq`; everything inside compares plain integers.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_right
 from collections import deque
 from typing import Hashable
 
 from . import cc as _cc
+from .cc.hystart import HyStart
 from .config import ConnectionConfig
 from .errors import LocalError
 from .events import Closed, Connected, Error, Event, PeerClosed, Readable, Reset, Writable
+from .pacer import Pacer
+from .prr import Prr
+from .rack import Rack, probe_timeout
 from .rangeset import RangeSet
 from .rtt import RttEstimator
+from .scoreboard import RETRANSMITTED, Ranges, SentLog
 from .segment import ACK, FIN, PSH, RST, SYN, Segment
 from .seq import HALF, MASK, seq_lt, seq_sub
 
@@ -145,11 +151,33 @@ class Connection:
         self.rtt = RttEstimator(cfg.rto_initial, cfg.rto_min, cfg.rto_max)
         self.cc = _cc.create(cfg.congestion_control, self.eff_mss, now,
                              cfg.initial_window_segments * self.eff_mss)
+        if cfg.hystart and hasattr(self.cc, "hystart"):
+            self.cc.hystart = HyStart()
         self.sacked = RangeSet()
+        self.lost = Ranges()        # octets marked lost and not retransmitted since (RFC 6675 / RFC 8985)
+        self.sent = SentLog()       # one record per transmission: send time, retransmitted (RFC 8985 §5.2)
+        self._rtx_in_log = 0        # records in ``sent`` flagged RETRANSMITTED
+        self.rack = Rack()
+        self.rack_deadline: float | None = None   # RACK reordering timer (RFC 8985 §6.2 step 5)
+        self.tlp_deadline: float | None = None    # probe timeout (RFC 8985 §7.2)
+        self._tlp_end: int | None = None          # TLP.end_seq
+        self._tlp_is_retrans = False
+        self._tlp_flight = 0                       # FlightSize when the probe went out
+        self._tlp_pending = False                  # a probe is due at the next output
+        self.prr = Prr()
+        self._recovery_cwnd = 0     # PRR's window (pipe + sndcnt) while prr.active
+        self.pacer = Pacer()
+        self.pace_deadline: float | None = None
+        self._undo_marker: int | None = None   # SND.UNA when the last reduction happened
+        self._undo_retrans = 0      # retransmissions of that episode not D-SACKed yet (RFC 3708)
+        self._undo_rtx_total = 0
+        self._retrans_stamp: float | None = None   # first retransmission of the episode (Eifel, RFC 3522)
+        self._eifel_checked = False
+        self.delivered = 0          # bytes delivered (acked or SACKed) so far
+        self.delivered_ts = now
         self.in_recovery = False
         self.rto_recovery = False
         self.recovery_point = 0
-        self.high_rxt = 0
         self.lost_point = 0
         self.dupacks = 0
         self._timed: tuple[int, float] | None = None   # (end offset, send time) of the segment being timed
@@ -185,6 +213,12 @@ class Connection:
         self.recoveries = 0
         self.challenge_acks = 0
         self.paws_drops = 0
+        self.tlp_probes = 0
+        self.tlp_recoveries = 0
+        self.rack_losses = 0         # segments RACK marked lost
+        self.dsacks_in = 0
+        self.spurious_undos = 0
+        self.pacing_waits = 0
 
     # ------------------------------------------------------------------ helpers
     def __repr__(self) -> str:
@@ -335,6 +369,21 @@ class Connection:
         self.eff_mss = max(mss, 64)
         self.cc.set_mss(self.eff_mss)
         self.cc.cwnd = cfg.initial_window_segments * self.eff_mss
+
+    def set_mss(self, mss: int) -> int:
+        """Change the payload size mid-connection (path MTU discovery, RFC 8899 §5.3).
+
+        ``mss`` counts payload plus options as the configured MSS does; it is capped
+        by what both ends announced. Segments already sent keep their size. Returns
+        the new effective payload size.
+        """
+        cap = min(self.config.mss, self.mss_peer)
+        if mss > cap:
+            mss = cap
+        eff = max(mss - (12 if self.ts_ok else 0), 64)
+        self.eff_mss = eff
+        self.cc.set_mss(eff)
+        return eff
 
     def shutdown(self) -> None:
         """Half-close: a FIN follows the data already queued (RFC 9293 §3.10.4)."""
@@ -667,8 +716,11 @@ class Connection:
         self._update_window(seg, seq, ack)
         snd_una = self.snd_una
         newly_sacked = 0
+        new_ranges: list[tuple[int, int]] | None = None
         if self.sack_ok and seg.sack:
-            newly_sacked = self._take_sack(seg.sack, ack)
+            new_ranges = self._take_sack(seg.sack, ack, now)
+            for a, b in new_ranges:
+                newly_sacked += b - a
         acked = ack - snd_una
         if acked > 0:
             self._ack_advanced(ack, acked, seg, now)
@@ -676,8 +728,17 @@ class Connection:
               and (newly_sacked > 0 if self.sack_ok else
                    (plen == 0 and not seg.flags & FIN and self.snd_wnd_edge == old_edge))):
             self.dupacks += 1
+        if new_ranges:
+            self._sack_delivered(new_ranges, seg, now)
         if self.snd_max > self.snd_una:
             self._loss_detection(now)
+            if self.prr.active:
+                delivered = acked + newly_sacked
+                if not self.sack_ok and acked <= 0 and ack == snd_una:
+                    delivered = self.eff_mss   # RFC 6937 §3: one MSS per duplicate ACK without SACK
+                self._recovery_cwnd = self.prr.on_ack(delivered, self._pipe(), self.eff_mss)
+        else:
+            self.rack_deadline = None
 
         st = self.state
         if self.fin_off is not None and self.snd_una > self.fin_off:
@@ -688,11 +749,18 @@ class Connection:
             elif st == State.LAST_ACK:
                 self._enter_closed()
 
-    def _take_sack(self, blocks: tuple[tuple[int, int], ...], ack: int) -> int:
-        """Merge SACK blocks into the scoreboard (RFC 2018 §5); D-SACK blocks are skipped."""
+    def _take_sack(self, blocks: tuple[tuple[int, int], ...], ack: int,
+                   now: float) -> list[tuple[int, int]]:
+        """Merge SACK blocks into the scoreboard (RFC 2018 §5); returns the newly SACKed ranges.
+
+        D-SACK blocks (RFC 2883 §4) are not merged: they feed RACK's reordering
+        window (RFC 8985 §6.2 step 4), the undo of spurious retransmissions
+        (RFC 3708 §3) and the tail-loss-probe outcome (RFC 8985 §7.4.2).
+        """
         base = self.snd_una
         base_wire = (self.iss + base) & MASK
-        new = 0
+        sacked = self.sacked
+        new: list[tuple[int, int]] = []
         for i, (left, right) in enumerate(blocks):
             a = base + seq_sub(left, base_wire)
             b = base + seq_sub(right, base_wire)
@@ -700,8 +768,22 @@ class Connection:
                 continue
             if a < ack or (i == 0 and len(blocks) > 1 and blocks[1][0] != left and
                            self._covers_wire(blocks[1], a, b, base, base_wire)):
-                continue  # D-SACK (RFC 2883 §4): a duplicate, not new information
-            new += self.sacked.add(a, b)
+                self._on_dsack(a, b, now)
+                continue
+            pos = a
+            while pos < b:
+                gap = sacked.first_gap(pos, b)
+                if gap is None:
+                    break
+                new.append(gap)
+                pos = gap[1]
+            sacked.add(a, b)
+        if new:
+            new.sort()
+            lost = self.lost
+            if lost:
+                for a, b in new:
+                    lost.remove(a, b)
         return new
 
     @staticmethod
@@ -710,10 +792,42 @@ class Connection:
         b2 = base + seq_sub(block[1], base_wire)
         return a2 <= a and b <= b2
 
+    def _on_dsack(self, a: int, b: int, now: float) -> None:
+        """A D-SACK for ``[a, b)``: the peer got those octets twice."""
+        self.dsacks_in += 1
+        self.rack.on_dsack(self.snd_una, self.snd_max)
+        if self._tlp_end is not None and self._tlp_is_retrans and a < self._tlp_end <= b:
+            self._tlp_end = None   # RFC 8985 §7.4.2: original and probe both arrived: no loss
+            return
+        if self._undo_marker is not None and b > self._undo_marker and self._undo_rtx_total:
+            mss = self.eff_mss
+            self._undo_retrans -= max(1, -(-(b - a) // mss))
+            if self._undo_retrans <= 0 and self.config.undo:
+                self._undo(now)   # RFC 3708 §3: every retransmission was a duplicate
+
+    def _undo(self, now: float) -> None:
+        """The last window reduction was spurious: restore it and forget the loss marks."""
+        self.spurious_undos += 1
+        self._undo_marker = None
+        self._undo_rtx_total = 0
+        self.cc.on_spurious_congestion(now)
+        if self.in_recovery:
+            self.in_recovery = False
+            self.rto_recovery = False
+            self.prr.stop()
+            self.rack.on_recovery_exit()
+        self.lost.clear()
+        self.lost_point = self.snd_una
+        self._rxt_now = False
+        self.dupacks = 0
+        self.rack.reordering_seen = True
+
     def _ack_advanced(self, ack: int, acked: int, seg: Segment, now: float) -> None:
         """New data acknowledged (RFC 9293 §3.10.7.4, RFC 6298 §5.3, RFC 5681)."""
         self.snd_una = ack
         self.bytes_acked += acked
+        self.delivered += acked
+        self.delivered_ts = now
         self._last_progress = now
         self.dupacks = 0
         # Release acknowledged data from the send buffer.
@@ -726,8 +840,15 @@ class Connection:
             if self._writer_blocked and len(self.snd_buf) < self.config.send_buffer:
                 self._writer_blocked = False
                 self._emit(Writable(self))
+        # RACK (RFC 8985 §6.2 steps 2-3) over the transmissions now acknowledged.
+        lo, hi = self.sent.acked_to(ack)
+        if hi > lo:
+            self._records_delivered(lo, hi, seg, now)
         if self.sacked:
+            self.delivered -= self.sacked.count_in(ack - acked, ack)   # counted when SACKed
             self.sacked.remove_below(ack)
+        if self.lost:
+            self.lost.remove_below(ack)
         # RTT: a timed, never-retransmitted segment; else the echoed timestamp.
         sample = None
         sample_from_ts = False
@@ -746,37 +867,129 @@ class Connection:
             # RFC 7323 App. G: many samples per window move SRTT/RTTVAR proportionally less.
             per_window = max(1, -(-self.flight // (2 * self.eff_mss))) if sample_from_ts else 1
             self.rtt.on_sample(max(sample, 0.0), now, per_window)
+            if self.cc.in_slow_start and not self.in_recovery:
+                self.cc.on_rtt_sample(sample, now, ack, self.snd_max)
+        # Eifel (RFC 3522 §3.2): an ACK that echoes a timestamp older than the first
+        # retransmission was caused by an original transmission. Checked where the answer
+        # is unambiguous (as Linux's tcp_packet_delayed): the first ACK after a timeout
+        # (which resent SND.UNA first), and the ACK ending fast recovery (the last hole
+        # was filled by an original only if every retransmission was unnecessary).
+        if (self._retrans_stamp is not None and not self._eifel_checked and self.ts_ok
+                and self._undo_marker is not None and self.in_recovery
+                and (self.rto_recovery or ack >= self.recovery_point)):
+            self._eifel_checked = True
+            if (seg.tsecr and seq_lt(seg.tsecr, self._tsval(self._retrans_stamp))
+                    and self.config.undo):
+                self._undo(now)
+        if self._tlp_end is not None:
+            self._tlp_process_ack(ack, now)
         # Congestion control and recovery.
         if self.in_recovery:
             if ack >= self.recovery_point:
                 self.in_recovery = False
                 self.rto_recovery = False
+                self.prr.stop()
+                self.rack.on_recovery_exit()
+                self.lost.clear()
                 self.cc.on_recovery_exit(now)
             elif self.rto_recovery:
                 self.cc.on_ack(acked, now, self.rtt.srtt, self.flight, self._app_limited())
             elif not self.sack_ok:
                 # RFC 6582 §3.2 step 3: a partial ACK; the next hole is lost too.
-                self.high_rxt = ack
-                self.lost_point = max(self.lost_point, min(ack + self.eff_mss, self.snd_max))
+                self._mark_lost(ack, min(ack + self.eff_mss, self.snd_max))
                 self._rxt_now = True
         else:
             self.cc.on_ack(acked, now, self.rtt.srtt, self.flight, self._app_limited())
-        if self.high_rxt < ack:
-            self.high_rxt = ack
         # RFC 6298 §5.2/5.3.
         if self.snd_max > ack:
             self.rto_deadline = now + self.rtt.rto
+            if self.tlp_deadline is not None or self._tlp_end is None:
+                self._arm_tlp(now)
         else:
             self.rto_deadline = None
+            self.tlp_deadline = None
+            self.rack_deadline = None
             self.rtt.reset_backoff()
+
+    def _records_delivered(self, lo: int, hi: int, seg: Segment, now: float) -> None:
+        """RFC 8985 §6.2 steps 2-3 for the records ``[lo, hi)`` just cumulatively acknowledged."""
+        log = self.sent
+        rack = self.rack
+        ends, tss, flags = log.end, log.ts, log.flags
+        sacked = self.sacked
+        if not sacked and not self._rtx_in_log:
+            # In order and never retransmitted: the last record is the latest sent.
+            k = hi - 1
+            e = ends[k]
+            t = tss[k]
+            if t > rack.xmit_ts or (t == rack.xmit_ts and e > rack.end_seq):
+                rack.rtt = now - t
+                rack.xmit_ts = t
+                rack.end_seq = e
+            if e > rack.fack:
+                rack.fack = e
+            return
+        starts = log.start
+        tsecr_time = self._ts_to_time(seg.tsecr) if self.ts_ok and seg.tsecr else None
+        min_rtt = self.rtt.min_rtt
+        for k in range(lo, hi):
+            rtx = bool(flags[k] & RETRANSMITTED)
+            if rtx:
+                self._rtx_in_log -= 1
+            if sacked and sacked.covers(starts[k], ends[k]):
+                continue   # delivered earlier, when SACKed
+            rack.update(tss[k], ends[k], rtx, now, tsecr_time, min_rtt)
+            rack.delivered(ends[k], rtx)
+
+    def _sack_delivered(self, ranges: list[tuple[int, int]], seg: Segment, now: float) -> None:
+        """RFC 8985 §6.2 steps 2-3 for newly SACKed ranges (ascending)."""
+        log = self.sent
+        rack = self.rack
+        starts, ends, tss, flags = log.start, log.end, log.ts, log.flags
+        tsecr_time = self._ts_to_time(seg.tsecr) if self.ts_ok and seg.tsecr else None
+        min_rtt = self.rtt.min_rtt
+        n = len(ends)
+        for a, b in ranges:
+            self.delivered += b - a
+            i = log.index_after(a)
+            while i < n and starts[i] < b:
+                rtx = bool(flags[i] & RETRANSMITTED)
+                rack.update(tss[i], ends[i], rtx, now, tsecr_time, min_rtt)
+                rack.delivered(ends[i], rtx)
+                i += 1
+        self.delivered_ts = now
 
     def _app_limited(self) -> bool:
         """The application, not cwnd, limited the sender (RFC 7661 §4.3 spirit): no growth."""
         unsent = self.snd_buf_start + len(self.snd_buf) - self.snd_max
         return unsent <= 0 and self.snd_max - self.snd_una + self.eff_mss < (self.cc.cwnd >> 1)
 
+    def _mark_lost(self, a: int, b: int) -> int:
+        """Mark the un-SACKed octets of ``[a, b)`` lost (to be retransmitted); returns how many."""
+        if a < self.snd_una:
+            a = self.snd_una
+        n = 0
+        sacked, lost = self.sacked, self.lost
+        pos = a
+        while pos < b:
+            gap = sacked.first_gap(pos, b)
+            if gap is None:
+                break
+            n += lost.add(gap[0], gap[1])
+            pos = gap[1]
+        return n
+
     def _loss_detection(self, now: float) -> None:
-        """Enter fast recovery on DupThresh duplicates or IsLost (RFC 6675 §5, RFC 6582 §3.2)."""
+        """Mark losses and enter fast recovery.
+
+        With SACK and ``rack``: RACK (RFC 8985 §6.2). Otherwise RFC 6675 §5 IsLost
+        (DupThresh segments SACKed above) or DupThresh duplicate ACKs (RFC 6582 §3.2).
+        """
+        if self.sack_ok and self.config.rack:
+            self._rack_detect(now)
+            if not self.in_recovery and self.lost:
+                self._enter_recovery(now)
+            return
         if self.sack_ok and self.sacked:
             thresh = (DUP_THRESH - 1) * self.eff_mss
             acc = 0
@@ -784,21 +997,108 @@ class Connection:
                 acc += b - a
                 if acc > thresh:
                     if a > self.lost_point:
+                        self._mark_lost(max(self.lost_point, self.snd_una), a)
                         self.lost_point = a
                     break
         if self.in_recovery:
             return
-        first_lost = self.lost_point > self.snd_una
-        if self.dupacks >= DUP_THRESH or first_lost:
-            self.in_recovery = True
-            self.rto_recovery = False
-            self.recoveries += 1
-            self.recovery_point = self.snd_max
-            self.high_rxt = self.snd_una
-            if self.lost_point <= self.snd_una:
+        if self.dupacks >= DUP_THRESH or self.lost:
+            if not self.lost:
                 self.lost_point = min(self.snd_una + self.eff_mss, self.snd_max)
-            self.cc.on_congestion_event(now, self.flight)
-            self._rxt_now = True
+                self._mark_lost(self.snd_una, self.lost_point)
+            self._enter_recovery(now)
+
+    def _enter_recovery(self, now: float) -> None:
+        """Fast recovery begins (RFC 6675 §5 step 4, RFC 6937 §3, RFC 3708 §3)."""
+        flight = self.flight
+        self.in_recovery = True
+        self.rto_recovery = False
+        self.recoveries += 1
+        self.recovery_point = self.snd_max
+        self.cc.on_congestion_event(now, flight)
+        self._rxt_now = True
+        self._undo_marker = self.snd_una
+        self._undo_retrans = 0
+        self._undo_rtx_total = 0
+        self._retrans_stamp = None
+        self._eifel_checked = False
+        self._tlp_end = None
+        self.tlp_deadline = None
+        if self.config.prr and not getattr(self.cc, "manages_recovery", False):
+            self.prr.start(flight, self.cc.ssthresh)
+            self._recovery_cwnd = self.prr.on_ack(0, self._pipe(), self.eff_mss)
+
+    def _rack_detect(self, now: float) -> None:
+        """RFC 8985 §6.2 step 5 (RACK_detect_loss) and the reordering timer."""
+        rack = self.rack
+        self.rack_deadline = None
+        if rack.xmit_ts < 0:
+            return
+        mss = self.eff_mss
+        rack.segs_sacked = -(-self.sacked.total // mss)
+        r = self.rtt
+        thresh = rack.rtt + rack.reo_wnd(self.in_recovery, r.min_rtt, r.srtt)
+        rx_ts, rx_end = rack.xmit_ts, rack.end_seq
+        log = self.sent
+        starts, ends, tss, flags = log.start, log.end, log.ts, log.flags
+        sacked, lost = self.sacked, self.lost
+        n = len(ends)
+        i = log.index_after(self.snd_una)
+        timeout = 0.0
+        while i < n:
+            s = starts[i]
+            e = ends[i]
+            if sacked:
+                blk = sacked.range_at(s)
+                if blk is not None and blk[1] >= e:
+                    i = bisect_right(ends, blk[1], i)
+                    continue
+            if lost:
+                blk = lost.range_at(s if s >= self.snd_una else self.snd_una)
+                if blk is not None and blk[1] >= e:
+                    i = bisect_right(ends, blk[1], i)
+                    continue
+            t = tss[i]
+            if t > rx_ts or (t == rx_ts and e > rx_end):
+                if not flags[i] & RETRANSMITTED:
+                    break   # this and every later original transmission was sent after RACK's
+                i += 1
+                continue
+            remaining = t + thresh - now
+            if remaining <= 1e-9:
+                if self._mark_lost(s, e):
+                    self.rack_losses += 1
+            elif remaining > timeout:
+                timeout = remaining
+            i += 1
+        if timeout > 0.0:
+            self.rack_deadline = now + timeout
+
+    def _tlp_process_ack(self, ack: int, now: float) -> None:
+        """RFC 8985 §7.4.2: did the tail loss probe repair a loss?"""
+        end = self._tlp_end
+        if end is None or ack < end:
+            return
+        self._tlp_end = None
+        if self._tlp_is_retrans:
+            # The probe's ACK came without a D-SACK of it: the original was lost and the
+            # probe repaired it, so the congestion response still applies (RFC 8985 §7.4.2).
+            self.tlp_recoveries += 1
+            self.cc.on_congestion_event(now, self._tlp_flight)
+            self.cc.on_recovery_exit(now)
+
+    def _arm_tlp(self, now: float) -> None:
+        """RFC 8985 §7.2: (re)start the probe timer after new data or a cumulative ACK."""
+        self.tlp_deadline = None
+        cfg = self.config
+        if (not cfg.tlp or not cfg.rack or not self.sack_ok or self.in_recovery
+                or self.sacked or self._tlp_end is not None or self.snd_max <= self.snd_una):
+            return
+        pto = probe_timeout(self.rtt.srtt, self.flight <= self.eff_mss)
+        t = now + pto
+        if self.rto_deadline is not None and t >= self.rto_deadline:
+            return
+        self.tlp_deadline = t
 
     def _receive_data(self, seq: int, payload: bytes, now: float) -> None:
         """Place received text (RFC 9293 §3.10.7.4 seventh check), reassembling out of order."""
@@ -947,10 +1247,15 @@ class Connection:
             self.rto_deadline = now + self.rtt.rto
 
     def next_deadline(self) -> float | None:
-        """The earliest time at which :meth:`handle_timer` has work to do."""
+        """The earliest time at which :meth:`handle_timer` has work to do.
+
+        This includes the pacer's next release time when paced data is waiting,
+        so a caller that sleeps until this deadline also paces its sends.
+        """
         best = None
         for t in (self.rto_deadline, self.delack_deadline, self.persist_deadline,
-                  self.keepalive_deadline, self.timewait_deadline):
+                  self.keepalive_deadline, self.timewait_deadline, self.rack_deadline,
+                  self.tlp_deadline, self.pace_deadline):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -966,6 +1271,18 @@ class Connection:
             self._on_rto(now)
             if self.state == State.CLOSED:
                 return
+        if self.rack_deadline is not None and now >= self.rack_deadline:
+            self.rack_deadline = None
+            if self.snd_max > self.snd_una and self.state in _SYNCHRONIZED:
+                self._loss_detection(now)   # RFC 8985 §6.3 RACK_detect_loss_and_arm_timer
+                if self.prr.active:
+                    self._recovery_cwnd = self.prr.on_ack(0, self._pipe(), self.eff_mss)
+        if self.tlp_deadline is not None and now >= self.tlp_deadline:
+            self.tlp_deadline = None
+            if self.snd_max > self.snd_una and not self.in_recovery and self.state in _SYNCHRONIZED:
+                self._tlp_pending = True    # RFC 8985 §7.3: the probe goes out with the output
+        if self.pace_deadline is not None and now >= self.pace_deadline:
+            self.pace_deadline = None       # the output that follows sends the next quantum
         if self.delack_deadline is not None and now >= self.delack_deadline:
             self.delack_deadline = None
             self._ack_now = True
@@ -998,14 +1315,28 @@ class Connection:
             return
         self.rtt.backoff()
         self._timed = None
+        if not self.rto_recovery or self._undo_marker is None:
+            # A new timeout episode (a repeated expiry keeps the first one's undo state).
+            if not self.in_recovery or self._undo_marker is None:
+                self._undo_marker = self.snd_una
+                self._undo_retrans = 0
+                self._undo_rtx_total = 0
+            self._retrans_stamp = None
+            self._eifel_checked = False
         self.cc.on_rto(now, self.flight)
-        # Everything not SACKed is now lost; resend it in order under slow start.
+        # Everything not SACKed is now lost (RFC 6675 §5.1, RFC 8985 §6.3); resend it in
+        # order under slow start.
         self.in_recovery = True
         self.rto_recovery = True
+        self.prr.stop()
         self.recovery_point = self.snd_max
-        self.high_rxt = self.snd_una
+        self.lost.clear()
+        self._mark_lost(self.snd_una, self.snd_max)
         self.lost_point = self.snd_max
         self.dupacks = 0
+        self._tlp_end = None
+        self.tlp_deadline = None
+        self.rack_deadline = None
         self.rto_deadline = now + self.rtt.rto
 
     def _check_keepalive(self, now: float) -> None:
@@ -1026,16 +1357,39 @@ class Connection:
 
     # ------------------------------------------------------------------ output
     def _pipe(self) -> int:
-        """Bytes believed in the network (RFC 6675 §4 SetPipe, in range arithmetic)."""
-        p = self.snd_max - self.snd_una - self.sacked.total
-        if self.in_recovery:
-            lo = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
-            hi = self.lost_point
-            if hi > lo:
-                p -= (hi - lo) - self.sacked.count_in(lo, hi)
-            if not self.sack_ok and not self.rto_recovery:
-                p -= self.dupacks * self.eff_mss
+        """Bytes believed in the network (RFC 6675 §4 SetPipe, in range arithmetic).
+
+        Octets SACKed, and octets marked lost and not retransmitted since, are
+        not in the network; everything else between SND.UNA and SND.MAX is.
+        """
+        p = self.snd_max - self.snd_una - self.sacked.total - self.lost.total
+        if self.in_recovery and not self.sack_ok and not self.rto_recovery:
+            p -= self.dupacks * self.eff_mss
         return p if p > 0 else 0
+
+    @property
+    def cwnd(self) -> int:
+        """The congestion window in force: PRR's during fast recovery, else the controller's."""
+        return self._recovery_cwnd if self.prr.active else self.cc.cwnd
+
+    def pacing_rate(self) -> float:
+        """Bytes per second the pacer allows now (0: not pacing).
+
+        The controller's own rate if it has one (BBR), else ``gain * cwnd / SRTT``
+        with gain 2 in slow start and 1.2 otherwise (Linux's tcp_update_pacing_rate).
+        """
+        if not self.config.pacing:
+            return 0.0
+        srtt = self.rtt.srtt
+        if not srtt:
+            return 0.0
+        cc = self.cc
+        cwnd = self.cwnd
+        flight = self.snd_max - self.snd_una
+        if flight > cwnd:
+            cwnd = flight
+        gain = 2.0 if cc.cwnd < (cc.ssthresh >> 1) and not self.in_recovery else 1.2
+        return gain * cwnd / srtt
 
     def segments_to_send(self, now: float) -> list[Segment]:
         """Everything to transmit now: control segments, retransmissions, new data, ACKs."""
@@ -1053,38 +1407,43 @@ class Connection:
         return out
 
     def _send_data(self, out: list[Segment], now: float) -> None:
-        """RFC 6675 §5 NextSeg loop plus new data under cwnd and the peer's window."""
+        """RFC 6675 §5 NextSeg loop plus new data under cwnd, the peer's window and the pacer."""
         mss = self.eff_mss
-        cwnd = self.cc.cwnd
+        cwnd = self._recovery_cwnd if self.prr.active else self.cc.cwnd
         pipe = self._pipe()
         fin_off = self.fin_off
         data_end = self.snd_buf_start + len(self.snd_buf) if fin_off is None else fin_off
         was_idle = self.snd_max == self.snd_una
-        sent_any = False
+        sent_any = sent_new = False
+        self.pace_deadline = None
+        if self._tlp_pending:
+            self._tlp_pending = False
+            self._send_probe(out, now, data_end)
+            pipe = self._pipe()
+        rate = self.pacing_rate() if self.config.pacing else 0.0
+        pacer = self.pacer if rate > 0.0 else None
+        if pacer is not None:
+            pacer.refill(now, rate, mss)
+        lost = self.lost
         while True:
             room = cwnd - pipe
-            # 1. Retransmit lost holes in order. The first retransmission of a recovery
-            #    episode goes out whatever cwnd says (RFC 5681 §3.2 step 2, RFC 6675 §5
-            #    step 4.3, RFC 6582 §3.2 step 5).
-            if self.in_recovery and self.high_rxt < self.lost_point:
-                if room < mss and pipe > 0 and not self._rxt_now:
+            # 1. Retransmit lost octets, lowest first. The first retransmission of a
+            #    recovery episode goes out whatever cwnd and the pacer say (RFC 5681 §3.2
+            #    step 2, RFC 6675 §5 step 4.3, RFC 6582 §3.2 step 5).
+            if lost:
+                forced = self._rxt_now
+                if room < mss and pipe > 0 and not forced:
                     break
-                start = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
-                gap = self.sacked.first_gap(start, self.lost_point)
-                if gap is None:
-                    self.high_rxt = self.lost_point
-                    continue
-                a, b = gap
+                if pacer is not None and pacer.tokens <= 0 and not forced:
+                    self._pace_wait(now)
+                    break
+                a = lost.low
+                b = lost.range_at(a)[1]
                 if b > a + mss:
                     b = a + mss + (1 if fin_off is not None and a + mss == fin_off else 0)
-                seg = self._data_segment(a, b, now)
-                self._rxt_now = False
-                self.high_rxt = b
-                self.segs_retrans += 1
-                self.bytes_retrans += len(seg.payload)
-                if self._timed is not None and a < self._timed[0]:
-                    self._timed = None   # Karn: never time a retransmitted range
-                out.append(seg)
+                self._retransmit(out, a, b, now)
+                if pacer is not None:
+                    pacer.consume(b - a)
                 pipe += b - a
                 sent_any = True
                 continue
@@ -1094,9 +1453,8 @@ class Connection:
                 break   # FIN already sent
             if unsent == 0:
                 if fin_off is not None:
-                    out.append(self._data_segment(fin_off, fin_off + 1, now))
-                    self.snd_max = fin_off + 1
-                    sent_any = True
+                    self._send_new(out, fin_off, fin_off + 1, now)
+                    sent_any = sent_new = True
                 break
             wnd_room = self.snd_wnd_edge - self.snd_max
             usable = min(unsent, wnd_room, room)
@@ -1114,21 +1472,100 @@ class Connection:
                 n = usable
             else:
                 break
+            if pacer is not None and pacer.tokens <= 0:
+                self._pace_wait(now)
+                break
             a = self.snd_max
             if idle:
                 self.cc.on_send(now, 0)   # restarting after idle: CUBIC shifts its epoch
             b = a + n + (1 if a + n == fin_off else 0)
-            out.append(self._data_segment(a, b, now))
-            self.snd_max = b
-            self.bytes_sent += n
-            if self._timed is None:
-                self._timed = (a + n, now)
+            self._send_new(out, a, b, now)
+            if pacer is not None:
+                pacer.consume(n)
             pipe += n
-            sent_any = True
+            sent_any = sent_new = True
         if sent_any:
             if was_idle:
                 self._last_progress = now
             self._arm_rto(now)
+            if sent_new and self._tlp_end is None and not self.in_recovery:
+                self._arm_tlp(now)
+
+    def _pace_wait(self, now: float) -> None:
+        self.pace_deadline = self.pacer.release_time(now)
+        self.pacing_waits += 1
+
+    def _send_new(self, out: list[Segment], a: int, b: int, now: float) -> None:
+        """First transmission of ``[a, b)`` (``b`` may include the FIN)."""
+        out.append(self._data_segment(a, b, now))
+        self.snd_max = b
+        n = b - a
+        if self.fin_off is not None and b > self.fin_off:
+            n -= 1
+        self.bytes_sent += n
+        if self._timed is None and n:
+            self._timed = (a + n, now)
+        self.sent.append(a, b, now, 0)
+        if self.prr.active:
+            self.prr.on_sent(b - a)
+
+    def _retransmit(self, out: list[Segment], a: int, b: int, now: float) -> None:
+        """Resend ``[a, b)``; its records take the new send time (RFC 8985 §6.1)."""
+        seg = self._data_segment(a, b, now)
+        out.append(seg)
+        self.lost.remove(a, b)
+        self._rxt_now = False
+        self.segs_retrans += 1
+        self.bytes_retrans += len(seg.payload)
+        if self._timed is not None and a < self._timed[0]:
+            self._timed = None   # Karn: never time a retransmitted range
+        if self._retrans_stamp is None:
+            self._retrans_stamp = now
+        if self._undo_marker is not None and a >= self._undo_marker:
+            self._undo_retrans += 1
+            self._undo_rtx_total += 1
+        if self.prr.active:
+            self.prr.on_sent(b - a)
+        log = self.sent
+        starts, flags, tss = log.start, log.flags, log.ts
+        i = log.index_after(a)
+        n = len(starts)
+        while i < n and starts[i] < b:
+            if not flags[i] & RETRANSMITTED:
+                flags[i] |= RETRANSMITTED
+                self._rtx_in_log += 1
+            tss[i] = now
+            i += 1
+
+    def _send_probe(self, out: list[Segment], now: float, data_end: int) -> None:
+        """RFC 8985 §7.3: send new data if any fits the peer's window, else resend the last segment."""
+        if self.snd_max <= self.snd_una or self.in_recovery:
+            return
+        mss = self.eff_mss
+        unsent = data_end - self.snd_max
+        wnd_room = self.snd_wnd_edge - self.snd_max
+        self.tlp_probes += 1
+        n = unsent if unsent < mss else mss
+        if n > 0 and wnd_room >= n:
+            a = self.snd_max
+            fin_off = self.fin_off
+            self._send_new(out, a, a + n + (1 if a + n == fin_off else 0), now)
+            self._tlp_is_retrans = False
+        else:
+            log = self.sent
+            if len(log):
+                a, b = log.start[-1], log.end[-1]
+            else:
+                a, b = self.snd_una, self.snd_max
+            if a < self.snd_una:
+                a = self.snd_una
+            if b - a > mss:
+                a = b - mss
+            self._retransmit(out, a, b, now)
+            self._tlp_is_retrans = True
+        self._tlp_end = self.snd_max
+        self._tlp_flight = self.flight
+        self.rto_deadline = now + self.rtt.rto   # RFC 8985 §7.3: re-arm the RTO
 
     def _data_segment(self, a: int, b: int, now: float) -> Segment:
         """A segment covering offsets ``[a, b)``; it carries FIN when ``b`` passes ``fin_off``."""
@@ -1168,7 +1605,7 @@ class Connection:
             "rttvar": r.rttvar,
             "min_rtt": r.min_rtt,
             "rto": r.rto,
-            "cwnd": self.cc.cwnd,
+            "cwnd": self.cwnd,
             "ssthresh": self.cc.ssthresh,
             "congestion_control": self.cc.name,
             "mss": self.eff_mss,
@@ -1190,6 +1627,16 @@ class Connection:
             "sack_recoveries": self.recoveries,
             "challenge_acks": self.challenge_acks,
             "paws_drops": self.paws_drops,
+            "tlp_probes": self.tlp_probes,
+            "tlp_recoveries": self.tlp_recoveries,
+            "rack_losses": self.rack_losses,
+            "rack_reo_wnd_mult": self.rack.reo_wnd_mult,
+            "reordering_seen": self.rack.reordering_seen,
+            "dsacks_in": self.dsacks_in,
+            "spurious_undos": self.spurious_undos,
+            "pacing_rate": self.pacing_rate(),
+            "pacing_waits": self.pacing_waits,
+            "delivered": self.delivered,
             "sack": self.sack_ok,
             "timestamps": self.ts_ok,
             "wscale": (self.snd_wscale, self.rcv_wscale) if self.ws_ok else None,

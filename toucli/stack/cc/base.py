@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import LocalError
+from .hystart import HyStart
 
 INITIAL_SSTHRESH = 2 ** 31        # "arbitrarily high" (RFC 5681 §3.1)
 MAX_CWND = 2 ** 30                # sanity cap on window growth (1 GiB)
@@ -70,6 +71,7 @@ class CongestionControl:
         self._touched = False            # any event seen (IW recomputed on set_mss until then)
         self._undo: dict[str, Any] | None = None
         self._clock_mark = now           # last time the controller saw an ack or a send
+        self.hystart: HyStart | None = None   # RFC 9406, attached by the engine when enabled
 
     # ------------------------------------------------------------------ queries
 
@@ -87,6 +89,7 @@ class CongestionControl:
             "ssthresh": self.ssthresh,
             "in_recovery": self.in_recovery,
             "in_slow_start": self.in_slow_start,
+            "hystart_css": bool(self.hystart and self.hystart.css),
         }
 
     # ------------------------------------------------------------------ events
@@ -117,6 +120,9 @@ class CongestionControl:
         else:
             limit = (1 if self._after_rto else self.abc_limit) * self.mss
             inc = acked if acked < limit else limit
+        hs = self.hystart
+        if hs is not None and hs.css:
+            inc //= hs.growth_divisor   # RFC 9406 §4.2: Conservative Slow Start
         room = self.ssthresh - self.cwnd
         if inc < room:
             self.cwnd = min(self.cwnd + inc, MAX_CWND)
@@ -140,6 +146,8 @@ class CongestionControl:
         self._touched = True
         if self.in_recovery:
             return
+        if self.hystart is not None:
+            self.hystart.stop()
         self._undo = self._snapshot()
         self.in_recovery = True
         self._after_rto = False
@@ -162,6 +170,8 @@ class CongestionControl:
     def on_rto(self, now: float, in_flight: int) -> None:
         """Retransmission timeout: ssthresh per RFC 5681 §3.1 eq. 4, cwnd = loss window."""
         self._touched = True
+        if self.hystart is not None:
+            self.hystart.stop()
         if not self._rto_episode:
             if not self.in_recovery:
                 # keep the pre-recovery snapshot if the RTO interrupts a recovery
@@ -200,6 +210,14 @@ class CongestionControl:
             if idle > 0:
                 self._on_idle(now, idle)
         self._clock_mark = now
+
+    def on_rtt_sample(self, rtt: float, now: float, ack: int, snd_nxt: int) -> None:
+        """One RTT sample taken in slow start, with the ACK and SND.NXT offsets
+        (HyStart++ counts rounds with them, RFC 9406 §4.2)."""
+        hs = self.hystart
+        if hs is not None and not hs.done and self.cwnd < self.ssthresh and not self.in_recovery:
+            if hs.on_rtt_sample(rtt, ack, snd_nxt):
+                self.ssthresh = self.cwnd   # RFC 9406 §4.2: CSS_ROUNDS done: congestion avoidance
 
     def _on_idle(self, now: float, idle: float) -> None:
         """Hook: the connection sent nothing and had nothing in flight for ``idle`` s."""

@@ -1,0 +1,297 @@
+"""RACK-TLP (RFC 8985), PRR (RFC 6937), undo (RFC 3708 / RFC 3522) and pacing, with
+crafted segments.
+
+After ``establish()``: SND.NXT = 1001, RCV.NXT = 5001, SRTT = min_rtt = 10 ms (the
+handshake sample), RTO = 200 ms, initial window 10 segments of 1000 bytes, NewReno.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import Harness, test_config
+from toucli.stack.cc.base import INITIAL_SSTHRESH
+from toucli.stack.rack import Rack, probe_timeout, sent_after
+from toucli.stack.segment import ACK, PSH
+
+ISS = 1000
+IRS = 5000
+S = ISS + 1
+R = IRS + 1
+W = 64000
+X = b"x"
+
+
+def est(**cfg) -> Harness:
+    t = Harness(test_config(**cfg), iss=ISS)
+    t.establish(peer_iss=IRS, peer_wnd=W)
+    return t
+
+
+def data(t: Harness, k: int, flags: int = ACK):
+    return t.out(S + 1000 * k, R, flags, W, X * 1000)
+
+
+def sack(t: Harness, at: float, ack: int = S, *blocks: tuple[int, int]):
+    t.recv(t.inp(R, ack, ACK, W, sack=tuple(blocks) or None), at=at)
+
+
+def seqs(t: Harness) -> list[int]:
+    return [(s.seq - S) // 1000 for s in t.pop_segments()]
+
+
+# ---------------------------------------------------------------- RACK
+def test_reordering_window_timer_marks_the_loss():
+    """§6.2: one SACK above a hole is not a loss yet: the hole is lost at
+    xmit_ts + RACK.rtt + reo_wnd (min_rtt/4 = 2.5 ms), found by the reordering timer."""
+    t = est()
+    t.send(X * 4000, at=0.1)
+    assert len(t.pop_segments()) == 4
+    sack(t, 0.111, S, (S + 1000, S + 2000))
+    t.expect()
+    assert t.conn.rack_deadline == pytest.approx(0.1135)
+    assert t.deadline() == pytest.approx(0.1135)
+    t.advance(to=0.1135)
+    t.expect(data(t, 0), at=0.1135)
+    assert t.conn.in_recovery and t.conn.stats()["rack_losses"] == 1
+
+
+def test_reordered_segment_arriving_in_time_is_not_retransmitted():
+    t = est()
+    t.send(X * 4000, at=0.1)
+    t.pop_output()
+    sack(t, 0.111, S, (S + 1000, S + 2000))
+    sack(t, 0.112, S + 2000)                       # the "missing" segment was only late
+    t.advance(to=0.13)                             # (the probe timer would fire at 0.134)
+    t.expect()
+    st = t.conn.stats()
+    assert st["retransmitted_segments"] == 0 and not t.conn.in_recovery
+    assert st["reordering_seen"]                   # §6.2 step 3: delivered below RACK.fack
+
+
+def test_dup_thresh_sacked_segments_make_the_window_zero():
+    """§6.2 step 4: no reordering seen and DupThresh segments SACKed: reo_wnd = 0."""
+    t = est()
+    t.send(X * 5000, at=0.1)
+    t.pop_output()
+    sack(t, 0.111, S, (S + 1000, S + 4000))
+    t.expect(data(t, 0), at=0.111)
+
+
+def test_lost_retransmission_is_detected_without_an_rto():
+    """RACK's main gain: a retransmission sent before newer data that got SACKed is lost."""
+    t = est()
+    t.send(X * 20000, at=0.1)
+    assert len(t.pop_segments()) == 10
+    sack(t, 0.12, S, (S + 1000, S + 10000))       # segment 0 lost
+    assert seqs(t) == [0, 10, 11, 12, 13]          # PRR: pipe 0, ssthresh 5000
+    # The retransmission of 0 went out with 10..13 at 0.12; 10..13 arrive, 0 does not.
+    sack(t, 0.14, S, (S + 1000, S + 14000))
+    assert seqs(t)[0] == 0
+    st = t.conn.stats()
+    assert st["rto_count"] == 0 and st["retransmitted_segments"] == 2
+
+
+def test_reo_wnd_grows_with_dsack_rounds():
+    """§6.2 step 4: each round with a D-SACK raises the multiplier (once per round)."""
+    t = est()
+    t.send(X * 6000, at=0.1)
+    t.pop_output()
+    sack(t, 0.12, S + 4000)
+    assert t.conn.rack.reo_wnd_mult == 1
+    sack(t, 0.13, S + 4000, (S, S + 1000))
+    sack(t, 0.131, S + 4000, (S + 1000, S + 2000))   # same round (SND.UNA < 6000): no raise
+    assert t.conn.rack.reo_wnd_mult == 2
+    assert t.conn.stats()["dsacks_in"] == 2
+
+
+def test_rack_unit_rules():
+    assert sent_after(1.0, 5, 0.5, 9) and sent_after(1.0, 6, 1.0, 5) and not sent_after(1.0, 5, 1.0, 5)
+    r = Rack()
+    r.update(1.0, 2000, False, 1.05, None, 0.01)
+    assert (r.xmit_ts, r.end_seq, r.rtt) == (1.0, 2000, pytest.approx(0.05))
+    r.update(1.2, 3000, True, 1.205, None, 0.01)    # faster than min_rtt: the original's ACK
+    assert r.xmit_ts == 1.0
+    r.update(1.2, 3000, True, 1.25, 1.0, 0.01)      # echoes an older TSval: ambiguous
+    assert r.xmit_ts == 1.0
+    r.update(1.2, 3000, True, 1.25, 1.2, 0.01)
+    assert r.xmit_ts == 1.2
+    assert r.reo_wnd(False, 0.04, 0.05) == pytest.approx(0.01)
+    assert r.reo_wnd(True, 0.04, 0.05) == 0.0       # recovery, no reordering seen
+    r.reordering_seen = True
+    r.reo_wnd_mult = 10
+    assert r.reo_wnd(True, 0.04, 0.05) == pytest.approx(0.05)   # capped at SRTT
+    assert probe_timeout(None, False) == 1.0
+    assert probe_timeout(0.05, False) == pytest.approx(0.102)
+    assert probe_timeout(0.05, True) == pytest.approx(0.3)
+    assert probe_timeout(0.0001, False) == pytest.approx(0.010)
+
+
+# ---------------------------------------------------------------- TLP
+def test_tail_loss_probe_resends_the_last_segment_then_rto_later():
+    """§7.2-7.3: PTO = 2*SRTT + 2 ms; with nothing new to send, resend the last segment."""
+    t = est()
+    t.send(X * 3000, at=0.1)
+    t.pop_output()
+    assert t.deadline() == pytest.approx(0.122)
+    t.step()
+    t.expect(data(t, 2, ACK | PSH), at=0.122)
+    assert t.conn.stats()["tlp_probes"] == 1
+    assert t.deadline() == pytest.approx(0.322)    # the RTO, re-armed by the probe
+    t.step()
+    t.expect(data(t, 0), at=0.322)                 # one probe per episode, then the RTO
+
+
+def test_tail_loss_probe_sends_new_data_when_the_window_allows():
+    t = est(initial_window_segments=2)
+    t.send(X * 3000, at=0.1)
+    assert seqs(t) == [0, 1]
+    t.step()
+    t.expect(data(t, 2, ACK | PSH), at=0.122)
+    assert t.conn._tlp_is_retrans is False
+
+
+def test_probe_that_repaired_a_loss_reduces_cwnd():
+    """§7.4.2: the ACK covers the probe and carries no D-SACK: the original was lost."""
+    t = est()
+    t.send(X * 3000, at=0.1)
+    t.pop_output()
+    t.step()
+    t.pop_output()
+    t.recv(t.inp(R, S + 3000, ACK, W), at=0.135)
+    st = t.conn.stats()
+    assert st["tlp_recoveries"] == 1 and st["ssthresh"] == 2000   # NewReno: 3000/2 -> 2 SMSS floor
+    assert st["rto_count"] == 0
+
+
+def test_probe_answered_by_a_dsack_changes_nothing():
+    t = est()
+    t.send(X * 3000, at=0.1)
+    t.pop_output()
+    t.step()
+    t.pop_output()
+    t.recv(t.inp(R, S + 3000, ACK, W, sack=((S + 2000, S + 3000),)), at=0.135)
+    st = t.conn.stats()
+    assert st["tlp_recoveries"] == 0 and st["ssthresh"] == INITIAL_SSTHRESH
+
+
+# ---------------------------------------------------------------- PRR
+def test_prr_spreads_the_reduction_over_the_acks():
+    """RFC 6937 §3: with pipe > ssthresh, sndcnt = ceil(prr_delivered * ssthresh / RecoverFS)
+    - prr_out; at or below ssthresh, PRR-SSRB sends what was delivered (plus one MSS at most)."""
+    t = est()
+    t.send(X * 30000, at=0.1)
+    assert len(t.pop_segments()) == 10
+    got = []
+    for k in range(1, 12):                         # segment 0 lost; 1..k SACKed, one per ACK
+        sack(t, 0.110 + k * 0.001, S, (S + 1000, S + 1000 * (k + 1)))
+        got.append((seqs(t), t.conn.cwnd))
+    assert got == [
+        ([10], 10000), ([11], 10000),   # before recovery: a SACK frees room for new data
+        ([0], 8500),                    # 3 SACKed: lost. RecoverFS 12000, ssthresh 6000, pipe 8000:
+                                        # sndcnt ceil(1000*6000/12000) = 500, the retransmission forced
+        ([], 8000), ([], 7500),         # prr_delivered 2000 -> 0 more; 3000 -> 500 (less than an MSS)
+        ([], 6000),                     # pipe 6000 = ssthresh: SSRB, nothing to add
+        ([12], 6000), ([13], 6000), ([14], 6000), ([15], 6000), ([16], 6000),   # one out per one in
+    ]
+    t.recv(t.inp(R, S + 12000, ACK, W), at=0.13)   # the recovery point: recovery ends
+    assert not t.conn.in_recovery and t.conn.stats()["cwnd"] == 6000
+
+
+def test_prr_off_falls_back_to_cwnd_equals_ssthresh():
+    t = est(prr=False)
+    t.send(X * 30000, at=0.1)
+    t.pop_output()
+    sack(t, 0.12, S, (S + 1000, S + 4000))
+    assert seqs(t) == [0]                          # pipe 6000 > cwnd 5000: only the forced one
+    assert t.conn.cwnd == 5000
+
+
+# ---------------------------------------------------------------- undo
+def test_dsack_of_every_retransmission_undoes_the_reduction():
+    """RFC 3708 §3: all retransmissions of the episode came back as duplicates."""
+    t = est()
+    t.send(X * 20000, at=0.1)
+    t.pop_output()
+    sack(t, 0.12, S, (S + 1000, S + 10000))
+    assert seqs(t)[0] == 0
+    assert t.conn.cc.cwnd == 5000
+    t.recv(t.inp(R, S + 10000, ACK, W), at=0.125)   # the original 0 was late, not lost
+    t.recv(t.inp(R, S + 10000, ACK, W, sack=((S, S + 1000),)), at=0.13)
+    st = t.conn.stats()
+    assert st["spurious_undos"] == 1
+    assert (t.conn.cc.cwnd, t.conn.cc.ssthresh) == (10000, INITIAL_SSTHRESH)
+    assert st["reordering_seen"]
+
+
+def test_eifel_undoes_a_spurious_timeout():
+    """RFC 3522: the first ACK after the RTO echoes the original's TSval."""
+    t = Harness(test_config(timestamps=True, tlp=False), iss=ISS, bare=True, start=1.0)
+    t.establish(peer_iss=IRS, peer_wnd=W, at=1.0, tsval=500, tsecr=1000)
+    t.send(X * 3000, at=1.1)                       # TSval 1100
+    t.pop_output()
+    t.advance(to=1.3)                              # RTO: resend 0 with TSval 1300
+    assert [s.tsval for s in t.pop_segments()] == [1300]
+    assert t.conn.cc.cwnd == 988                   # 1 SMSS (1000 - 12 bytes of timestamps)
+    t.recv(t.inp(R, S + 3000, ACK, W, tsval=600, tsecr=1100), at=1.31)
+    assert t.conn.stats()["spurious_undos"] == 1
+    assert t.conn.cc.cwnd == 9880 and not t.conn.in_recovery
+
+
+def test_genuine_timeout_is_not_undone():
+    t = Harness(test_config(timestamps=True, tlp=False), iss=ISS, bare=True, start=1.0)
+    t.establish(peer_iss=IRS, peer_wnd=W, at=1.0, tsval=500, tsecr=1000)
+    t.send(X * 3000, at=1.1)
+    t.pop_output()
+    t.advance(to=1.3)
+    t.pop_output()
+    t.recv(t.inp(R, S + 1000, ACK, W, tsval=600, tsecr=1300), at=1.31)
+    assert t.conn.stats()["spurious_undos"] == 0 and t.conn.cc.cwnd < 9880
+
+
+def test_undo_can_be_turned_off():
+    t = est(undo=False)
+    t.send(X * 20000, at=0.1)
+    t.pop_output()
+    sack(t, 0.12, S, (S + 1000, S + 10000))
+    t.pop_output()
+    t.recv(t.inp(R, S + 10000, ACK, W), at=0.125)
+    t.recv(t.inp(R, S + 10000, ACK, W, sack=((S, S + 1000),)), at=0.13)
+    assert t.conn.stats()["spurious_undos"] == 0 and t.conn.cc.cwnd == 5000
+
+
+# ---------------------------------------------------------------- pacing
+def test_pacing_releases_quanta_at_the_pacing_rate():
+    """rate = 2 * cwnd / SRTT in slow start = 2 MB/s; quantum max(4 MSS, 1 ms) = 4000 bytes."""
+    t = est(pacing=True)
+    t.send(X * 10000, at=0.1)
+    assert seqs(t) == [0, 1, 2, 3]
+    assert t.conn.stats()["pacing_rate"] == pytest.approx(2e6)
+    assert t.deadline() == pytest.approx(0.102)
+    t.step()
+    assert seqs(t) == [4, 5, 6, 7]
+    t.step()
+    assert t.now == pytest.approx(0.104)
+    assert seqs(t) == [8, 9]
+
+
+def test_pacing_lets_an_interactive_write_out_at_once():
+    t = est(pacing=True)
+    t.send(X * 100, at=0.5)
+    t.expect(t.out(S, R, ACK | PSH, W, X * 100), at=0.5)
+
+
+def test_no_pacing_before_an_rtt_sample_or_when_off():
+    t = est(pacing=False)
+    t.send(X * 10000, at=0.1)
+    assert len(t.pop_segments()) == 10
+    assert t.conn.stats()["pacing_rate"] == 0.0
+
+
+# ---------------------------------------------------------------- MSS change (PMTU hook)
+def test_set_mss_changes_the_segment_size_mid_connection():
+    t = est()
+    assert t.conn.set_mss(600) == 600
+    t.send(X * 1500, at=0.1)
+    assert [len(s.payload) for s in t.pop_segments()] == [600, 600, 300]
+    assert t.conn.set_mss(5000) == 1000            # capped by the announced MSS
