@@ -616,10 +616,10 @@ class Connection:
         payload = seg.payload
         rcv_nxt = self.rcv_nxt
         if payload:
-            if (ack != snd_una or self.ooo or self.fin_rcvd_off is not None
+            if (ack != snd_una or self.ooo.total or self.fin_rcvd_off is not None
                     or len(payload) > self.rcv_adv - rcv_nxt):
                 return False
-        elif ack <= snd_una or ack > self.snd_max or self.sacked:
+        elif ack <= snd_una or ack > self.snd_max or self.sacked.total:
             return False
         self._last_recv = now
         self._keepalive_sent = 0
@@ -781,7 +781,7 @@ class Connection:
         if new:
             new.sort()
             lost = self.lost
-            if lost:
+            if lost.total:
                 for a, b in new:
                     lost.remove(a, b)
         return new
@@ -844,10 +844,10 @@ class Connection:
         lo, hi = self.sent.acked_to(ack)
         if hi > lo:
             self._records_delivered(lo, hi, seg, now)
-        if self.sacked:
+        if self.sacked.total:
             self.delivered -= self.sacked.count_in(ack - acked, ack)   # counted when SACKed
             self.sacked.remove_below(ack)
-        if self.lost:
+        if self.lost.total:
             self.lost.remove_below(ack)
         # RTT: a timed, never-retransmitted segment; else the echoed timestamp.
         sample = None
@@ -917,7 +917,7 @@ class Connection:
         rack = self.rack
         ends, tss, flags = log.end, log.ts, log.flags
         sacked = self.sacked
-        if not sacked and not self._rtx_in_log:
+        if not sacked.total and not self._rtx_in_log:
             # In order and never retransmitted: the last record is the latest sent.
             k = hi - 1
             e = ends[k]
@@ -936,7 +936,7 @@ class Connection:
             rtx = bool(flags[k] & RETRANSMITTED)
             if rtx:
                 self._rtx_in_log -= 1
-            if sacked and sacked.covers(starts[k], ends[k]):
+            if sacked.total and sacked.covers(starts[k], ends[k]):
                 continue   # delivered earlier, when SACKed
             rack.update(tss[k], ends[k], rtx, now, tsecr_time, min_rtt)
             rack.delivered(ends[k], rtx)
@@ -987,10 +987,10 @@ class Connection:
         """
         if self.sack_ok and self.config.rack:
             self._rack_detect(now)
-            if not self.in_recovery and self.lost:
+            if not self.in_recovery and self.lost.total:
                 self._enter_recovery(now)
             return
-        if self.sack_ok and self.sacked:
+        if self.sack_ok and self.sacked.total:
             thresh = (DUP_THRESH - 1) * self.eff_mss
             acc = 0
             for a, b in self.sacked.ranges_from_top():
@@ -1002,8 +1002,8 @@ class Connection:
                     break
         if self.in_recovery:
             return
-        if self.dupacks >= DUP_THRESH or self.lost:
-            if not self.lost:
+        if self.dupacks >= DUP_THRESH or self.lost.total:
+            if not self.lost.total:
                 self.lost_point = min(self.snd_una + self.eff_mss, self.snd_max)
                 self._mark_lost(self.snd_una, self.lost_point)
             self._enter_recovery(now)
@@ -1048,12 +1048,12 @@ class Connection:
         while i < n:
             s = starts[i]
             e = ends[i]
-            if sacked:
+            if sacked.total:
                 blk = sacked.range_at(s)
                 if blk is not None and blk[1] >= e:
                     i = bisect_right(ends, blk[1], i)
                     continue
-            if lost:
+            if lost.total:
                 blk = lost.range_at(s if s >= self.snd_una else self.snd_una)
                 if blk is not None and blk[1] >= e:
                     i = bisect_right(ends, blk[1], i)
@@ -1092,7 +1092,7 @@ class Connection:
         self.tlp_deadline = None
         cfg = self.config
         if (not cfg.tlp or not cfg.rack or not self.sack_ok or self.in_recovery
-                or self.sacked or self._tlp_end is not None or self.snd_max <= self.snd_una):
+                or self.sacked.total or self._tlp_end is not None or self.snd_max <= self.snd_una):
             return
         pto = probe_timeout(self.rtt.srtt, self.flight <= self.eff_mss)
         t = now + pto
@@ -1123,7 +1123,7 @@ class Connection:
             had = bool(self.rcv_buf)
             self.rcv_buf += payload
             self.rcv_nxt = end
-            if self.ooo:
+            if self.ooo.total:
                 self._pull_ooo()
                 self._ack_now = True
             if not had:
@@ -1430,7 +1430,7 @@ class Connection:
             # 1. Retransmit lost octets, lowest first. The first retransmission of a
             #    recovery episode goes out whatever cwnd and the pacer say (RFC 5681 §3.2
             #    step 2, RFC 6675 §5 step 4.3, RFC 6582 §3.2 step 5).
-            if lost:
+            if lost.total:
                 forced = self._rxt_now
                 if room < mss and pipe > 0 and not forced:
                     break
@@ -1478,8 +1478,18 @@ class Connection:
             a = self.snd_max
             if idle:
                 self.cc.on_send(now, 0)   # restarting after idle: CUBIC shifts its epoch
-            b = a + n + (1 if a + n == fin_off else 0)
-            self._send_new(out, a, b, now)
+            k = usable // mss
+            if pacer is not None and k > 1:
+                allowed = -(-int(pacer.tokens) // mss)   # the pacer lets a segment start while tokens > 0
+                if allowed < k:
+                    k = allowed
+            if k > 1 and not self.prr.active and (fin_off is None or a + k * mss < fin_off):
+                # Bulk: a run of full-sized segments shares one header computation.
+                self._send_full_run(out, k, now)
+                n = k * mss
+            else:
+                b = a + n + (1 if a + n == fin_off else 0)
+                self._send_new(out, a, b, now)
             if pacer is not None:
                 pacer.consume(n)
             pipe += n
@@ -1508,6 +1518,42 @@ class Connection:
         self.sent.append(a, b, now, 0)
         if self.prr.active:
             self.prr.on_sent(b - a)
+
+    def _send_full_run(self, out: list[Segment], k: int, now: float) -> None:
+        """``k`` first transmissions of full-sized segments in a row (no FIN among them).
+
+        The same as ``k`` calls of :meth:`_send_new`, with the ACK, window and
+        timestamp fields computed once for the run.
+        """
+        mss = self.eff_mss
+        a = self.snd_max
+        buf = self.snd_buf
+        start = self.snd_buf_start
+        buf_end = start + len(buf)
+        first_end = a + mss
+        first = self._segment(ACK, a, bytes(buf[a - start: first_end - start]), now)
+        if a + mss == buf_end:
+            first.flags |= PSH
+        out.append(first)
+        lport, rport, iss = self.local_port, self.remote_port, self.iss
+        ack, wnd, tsval, tsecr = first.ack, first.wnd, first.tsval, first.tsecr
+        log = self.sent
+        append = out.append
+        view = memoryview(buf)
+        try:
+            log.append(a, a + mss, now, 0)
+            for _ in range(k - 1):
+                a += mss
+                b = a + mss
+                append(Segment(lport, rport, (iss + a) & MASK, ack, ACK | PSH if b == buf_end else ACK,
+                               wnd, bytes(view[a - start: b - start]), tsval=tsval, tsecr=tsecr))
+                log.append(a, b, now, 0)
+        finally:
+            view.release()
+        self.snd_max = a + mss
+        self.bytes_sent += k * mss
+        if self._timed is None:
+            self._timed = (first_end, now)
 
     def _retransmit(self, out: list[Segment], a: int, b: int, now: float) -> None:
         """Resend ``[a, b)``; its records take the new send time (RFC 8985 §6.1)."""
