@@ -433,10 +433,15 @@ class Tunnel:
     def unlisten(self, port: int = STREAM_PORT) -> None:
         self.ep.unlisten(port)
 
-    def connect(self, addr: Address, remote_port: int = STREAM_PORT) -> Channel:
-        """Open an inner connection to ``addr`` (``Channel.connected`` resolves on the handshake)."""
+    def connect(self, addr: Address, remote_port: int = STREAM_PORT, *, peer: Hashable | None = None) -> Channel:
+        """Open an inner connection to ``addr`` (``Channel.connected`` resolves on the handshake).
+
+        ``peer``: reuse an open transport peer (a secure session, or ``Channel.peer``
+        of an accepted connection) instead of opening a new one to ``addr``.
+        """
         now = self.loop.time()
-        peer = self.transport.open(addr, now)
+        if peer is None:
+            peer = self.transport.open(addr, now)
         used = {c.local_port for c in self.ep.connections.values() if c.peer == peer}
         while True:
             lport = random.randint(49152, 65535)

@@ -11,7 +11,8 @@ import click
 from toucli.commands.completion import completion
 from toucli.commands.connect import connect
 from toucli.commands.demo import demo
+from toucli.commands.forward import forward
 from toucli.commands.key import key
 from toucli.commands.listen import listen
 
-COMMANDS: list[click.Command] = [demo, listen, connect, key, completion]
+COMMANDS: list[click.Command] = [demo, listen, connect, forward, key, completion]
