@@ -15,13 +15,14 @@ class ConnectionConfig:
     timestamps: bool = True            # RFC 7323 §3-§5
     sack: bool = True                  # RFC 2018
     nagle: bool = False                # RFC 896; off: tunnels are interactive
-    congestion_control: str = "cubic"   # "cubic" (RFC 9438) or "newreno" (RFC 5681)
+    congestion_control: str = "cubic"   # "cubic" (RFC 9438), "newreno" (RFC 5681) or "bbr" (BBR v1)
     rack: bool = True                  # RACK-TLP loss detection (RFC 8985) when SACK is on
     tlp: bool = True                   # tail loss probes (RFC 8985 §7); needs rack
     prr: bool = True                   # proportional rate reduction in recovery (RFC 6937)
     undo: bool = True                  # undo spurious reductions (D-SACK RFC 3708, Eifel RFC 3522)
     pacing: bool = True                # token-bucket pacing at gain * cwnd / SRTT 
     hystart: bool = True               # HyStart++ slow-start exit (RFC 9406), CUBIC and NewReno
+    fast_open: bool = False            # TCP Fast Open (RFC 7413): cookies, data in the SYN
     initial_window_segments: int = 10  # RFC 6928
     delayed_ack: float = 0.025         # RFC 9293 §3.8.6.3 (must be < 0.5 s)
     rto_initial: float = 1.0           # RFC 6298 §2.1

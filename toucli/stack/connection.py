@@ -30,8 +30,9 @@ from .pacer import Pacer
 from .prr import Prr
 from .rack import Rack, probe_timeout
 from .rangeset import RangeSet
+from .rate import RateSample
 from .rtt import RttEstimator
-from .scoreboard import RETRANSMITTED, Ranges, SentLog
+from .scoreboard import APP_LIMITED, RETRANSMITTED, Ranges, SentLog
 from .segment import ACK, FIN, PSH, RST, SYN, Segment
 from .seq import HALF, MASK, seq_lt, seq_sub
 
@@ -151,8 +152,13 @@ class Connection:
         self.rtt = RttEstimator(cfg.rto_initial, cfg.rto_min, cfg.rto_max)
         self.cc = _cc.create(cfg.congestion_control, self.eff_mss, now,
                              cfg.initial_window_segments * self.eff_mss)
-        if cfg.hystart and hasattr(self.cc, "hystart"):
+        if cfg.hystart and getattr(self.cc, "supports_hystart", False):
             self.cc.hystart = HyStart()
+        seed = getattr(self.cc, "seed", None)
+        if callable(seed):
+            seed(self.iss)   # a controller that randomizes (BBR's gain cycle) draws from the ISN
+        self._rate_cc = bool(getattr(self.cc, "wants_rate_samples", False))
+        self._pacing = cfg.pacing or bool(getattr(self.cc, "requires_pacing", False))
         self.sacked = RangeSet()
         self.lost = Ranges()        # octets marked lost and not retransmitted since (RFC 6675 / RFC 8985)
         self.sent = SentLog()       # one record per transmission: send time, retransmitted (RFC 8985 §5.2)
@@ -173,8 +179,13 @@ class Connection:
         self._undo_rtx_total = 0
         self._retrans_stamp: float | None = None   # first retransmission of the episode (Eifel, RFC 3522)
         self._eifel_checked = False
-        self.delivered = 0          # bytes delivered (acked or SACKed) so far
-        self.delivered_ts = now
+        self.delivered = 0          # bytes delivered (acked or SACKed) so far: C.delivered
+        self.delivered_ts = now     # C.delivered_time (draft-cheng-iccrg-delivery-rate-estimation)
+        self.first_sent_ts = now    # C.first_sent_time
+        self._app_limited_until = 0  # C.app_limited: delivered count that ends app-limited sampling
+        self.rs = RateSample()      # the rate sample of the ACK being processed
+        self.delivery_rate = 0.0    # bytes/s of the last valid rate sample
+        self._lost_marked = 0       # bytes ever marked lost (RateSample.losses per ACK)
         self.in_recovery = False
         self.rto_recovery = False
         self.recovery_point = 0
@@ -191,6 +202,17 @@ class Connection:
         self.timewait_deadline: float | None = None
         self._syn_tries = 0
         self._last_recv = now
+
+        # --- TCP Fast Open (RFC 7413) ---
+        self.tfo_cache: dict | None = None      # the endpoint's cookie cache (client side)
+        self._tfo_cookie: bytes | None = None   # client: cookie for our SYN (b"" = request)
+        self._tfo_mss = TCP_DEFAULT_MSS         # client: the server's MSS remembered with the cookie
+        self._syn_pending = False               # client: SYN built at output (to carry data)
+        self._tfo_sent_end = 1                  # client: end offset of the data our SYN carried
+        self._tfo_synack_cookie: bytes | None = None   # server: cookie to hand out in the SYN-ACK
+        self.tfo_accepted = False               # server: the SYN's data was accepted
+        self.tfo_syn_data = 0                   # bytes of data our SYN carried
+        self.tfo_syn_data_acked = False         # client: the SYN-ACK acknowledged them
 
         # --- output ---
         self._ctl: list[Segment] = []   # RSTs, challenge ACKs, probes built during input
@@ -305,6 +327,11 @@ class Connection:
         if cfg.timestamps and (not synack or self.ts_ok):
             seg.tsval = self._tsval(now)
             seg.tsecr = self.ts_recent if synack else 0
+        if synack:
+            if self._tfo_synack_cookie is not None:
+                seg.tfo_cookie = self._tfo_synack_cookie   # RFC 7413 §4.2.2
+        elif self._tfo_cookie is not None:
+            seg.tfo_cookie = self._tfo_cookie             # RFC 7413 §4.1.2
         return seg
 
     def _sack_blocks(self) -> tuple[tuple[int, int], ...]:
@@ -326,25 +353,68 @@ class Connection:
         self._ack_now = True
 
     # ---------------------------------------------------------------- open/close
-    def connect(self, now: float) -> None:
-        """Active open (RFC 9293 §3.10.1): send SYN."""
+    def connect(self, now: float, tfo: tuple[bytes, int] | None = None) -> None:
+        """Active open (RFC 9293 §3.10.1): send SYN.
+
+        With ``config.fast_open`` (RFC 7413 §4.1): ``tfo`` is the cached (cookie,
+        server MSS) for this peer. With a cookie, the SYN is built when output is
+        collected, so data given to :meth:`send` before then rides in it (up to one
+        MSS); without one, the SYN carries an empty Fast Open option (a cookie request).
+        """
         if self.state != State.CLOSED:
             raise LocalError(f"connect() in state {self.state.name}")
         self.state = State.SYN_SENT
         self.snd_una = 0
         self.snd_max = 1
         self._syn_tries = 1
-        self._ctl.append(self._segment(SYN, 0, now=now))
+        if self.config.fast_open:
+            if tfo is not None and tfo[0]:
+                self._tfo_cookie, self._tfo_mss = tfo
+                self._syn_pending = True
+            else:
+                self._tfo_cookie = b""
+        if not self._syn_pending:
+            self._ctl.append(self._segment(SYN, 0, now=now))
         self._arm_rto(now)
 
-    def accept_syn(self, seg: Segment, now: float) -> None:
-        """Passive open from LISTEN (RFC 9293 §3.10.7.2): take the SYN, answer SYN-ACK."""
+    def _tfo_syn(self, now: float) -> Segment:
+        """RFC 7413 §4.1.2: the SYN with our cookie and as much queued data as one MSS holds."""
+        seg = self._syn_segment(SYN, now)
+        room = min(self.config.mss, self._tfo_mss) - (12 if self.config.timestamps else 0)
+        n = min(len(self.snd_buf), max(room, 0))
+        if n:
+            seg.payload = bytes(self.snd_buf[:n])
+            self.snd_max = self._tfo_sent_end = 1 + n
+            self.tfo_syn_data = n
+            self.bytes_sent += n
+        return seg
+
+    def accept_syn(self, seg: Segment, now: float, *, tfo_data: bool = False,
+                   tfo_cookie: bytes | None = None) -> None:
+        """Passive open from LISTEN (RFC 9293 §3.10.7.2): take the SYN, answer SYN-ACK.
+
+        RFC 7413 §4.2.2: with ``tfo_data`` (the endpoint checked the cookie) the SYN's
+        data is accepted now: Connected and Readable are emitted at once and the
+        SYN-ACK acknowledges the data. ``tfo_cookie`` is a cookie to hand out in the
+        SYN-ACK (the SYN asked for one, or presented an invalid one).
+        """
         self.passive = True
         self._take_syn(seg, now)
         self.state = State.SYN_RECEIVED
         self.snd_una = 0
         self.snd_max = 1
         self._syn_tries = 1
+        self._tfo_synack_cookie = tfo_cookie
+        if tfo_data and seg.payload:
+            data = seg.payload[: max(0, self._recv_window())]
+            self.tfo_accepted = True
+            self.tfo_syn_data = len(data)
+            self.rcv_buf += data
+            self.rcv_nxt = 1 + len(data)
+            self.bytes_received += len(data)
+            self._emit(Connected(self))
+            if data:
+                self._emit(Readable(self))
         self._ctl.append(self._segment(SYN | ACK, 0, now=now))
         self._arm_rto(now)
 
@@ -539,6 +609,8 @@ class Connection:
                 return   # RFC 1337 §3 (TIME-WAIT assassination): ignore RST, keep waiting
             if seq == rcv_nxt:
                 if st == State.SYN_RECEIVED and self.passive:
+                    if self.tfo_accepted:
+                        self._emit(Reset(self))   # the application already has it
                     self._enter_closed()   # back to LISTEN: the listener is the endpoint's
                     return
                 if st not in (State.CLOSING, State.LAST_ACK):
@@ -561,9 +633,8 @@ class Connection:
                 self.rto_deadline = None
                 self.rtt.reset_backoff()
                 self._handshake_rtt(now)
-                self._emit(Connected(self))
-                if self.fin_off is not None:
-                    pass  # FIN goes out with the next output
+                if not self.tfo_accepted:   # RFC 7413: the app heard of it at SYN time
+                    self._emit(Connected(self))
             else:
                 self._ctl.append(Segment(self.local_port, self.remote_port, seg.ack, 0, RST))
                 return
@@ -630,7 +701,10 @@ class Connection:
         if payload:
             self._receive_data(rcv_nxt, payload, now)
         else:
+            self.rs.reset(self.snd_max - snd_una if self._rate_cc else 0)
+            delivered_before = self.delivered
             self._ack_advanced(ack, ack - snd_una, seg, now)
+            self._rate_finish(now, delivered_before, self._lost_marked)
         return True
 
     def _receive_syn_sent(self, seg: Segment, now: float) -> None:
@@ -638,7 +712,7 @@ class Connection:
         flags = seg.flags
         if flags & ACK:
             ack = seq_sub(seg.ack, self.iss)
-            if ack <= 0 or ack > self.snd_max:
+            if ack <= 0 or ack > max(self.snd_max, self._tfo_sent_end):
                 if not flags & RST:
                     self._ctl.append(Segment(self.local_port, self.remote_port, seg.ack, 0, RST))
                 return
@@ -653,10 +727,12 @@ class Connection:
         self._last_recv = now
         self._take_syn(seg, now)
         self.rcv_adv = self.rcv_nxt + self._recv_window()
+        if seg.tfo_cookie and self.tfo_cache is not None and self.config.fast_open:
+            self.tfo_cache[self.peer] = (seg.tfo_cookie, self.mss_peer)   # RFC 7413 §4.1.3
         if flags & ACK:
-            self.snd_una = 1
+            self._tfo_synack(ack)
             self.state = State.ESTABLISHED
-            self._update_window(seg, 0, 1, force=True)
+            self._update_window(seg, 0, self.snd_una, force=True)
             self.rto_deadline = None
             self.rtt.reset_backoff()
             self._handshake_rtt(now)
@@ -673,6 +749,26 @@ class Connection:
             self.state = State.SYN_RECEIVED
             self._ctl.append(self._segment(SYN | ACK, 0, now=now))
             self._arm_rto(now)
+
+    def _tfo_synack(self, ack: int) -> None:
+        """RFC 7413 §4.1.3: the SYN-ACK acknowledges the SYN and maybe the SYN's data.
+
+        What it does not acknowledge is sent again as new data right away (the
+        server refused the cookie or the data); the window and RTO do not suffer.
+        """
+        if ack > self.snd_max:
+            self.snd_max = ack   # a retransmitted SYN went without data, yet the first one arrived
+        if ack > 1:
+            n = ack - 1
+            self.tfo_syn_data_acked = True
+            del self.snd_buf[:n]
+            self.snd_buf_start = ack
+            self.bytes_acked += n
+            self.delivered += n
+        if self.snd_max > ack:
+            self.bytes_sent -= self.snd_max - ack
+            self.snd_max = ack
+        self.snd_una = ack
 
     def _handshake_rtt(self, now: float) -> None:
         """First RTT sample from an unretransmitted SYN; else RTO = 3 s (RFC 6298 §5.7)."""
@@ -715,6 +811,9 @@ class Connection:
         old_edge = self.snd_wnd_edge
         self._update_window(seg, seq, ack)
         snd_una = self.snd_una
+        self.rs.reset(self._pipe() if self._rate_cc else 0)
+        delivered_before = self.delivered
+        lost_before = self._lost_marked
         newly_sacked = 0
         new_ranges: list[tuple[int, int]] | None = None
         if self.sack_ok and seg.sack:
@@ -739,6 +838,7 @@ class Connection:
                 self._recovery_cwnd = self.prr.on_ack(delivered, self._pipe(), self.eff_mss)
         else:
             self.rack_deadline = None
+        self._rate_finish(now, delivered_before, lost_before)
 
         st = self.state
         if self.fin_off is not None and self.snd_una > self.fin_off:
@@ -917,6 +1017,8 @@ class Connection:
         rack = self.rack
         ends, tss, flags = log.end, log.ts, log.flags
         sacked = self.sacked
+        rs = self.rs
+        dlv, dlv_ts, first_ts = log.dlv, log.dlv_ts, log.first_ts
         if not sacked.total and not self._rtx_in_log:
             # In order and never retransmitted: the last record is the latest sent.
             k = hi - 1
@@ -928,24 +1030,33 @@ class Connection:
                 rack.end_seq = e
             if e > rack.fack:
                 rack.fack = e
+            f = rs.take(t, e, dlv[k], dlv_ts[k], first_ts[k], bool(flags[k] & APP_LIMITED), False, now)
+            if f is not None:
+                self.first_sent_ts = f
             return
         starts = log.start
         tsecr_time = self._ts_to_time(seg.tsecr) if self.ts_ok and seg.tsecr else None
         min_rtt = self.rtt.min_rtt
         for k in range(lo, hi):
-            rtx = bool(flags[k] & RETRANSMITTED)
+            fl = flags[k]
+            rtx = bool(fl & RETRANSMITTED)
             if rtx:
                 self._rtx_in_log -= 1
             if sacked.total and sacked.covers(starts[k], ends[k]):
                 continue   # delivered earlier, when SACKed
             rack.update(tss[k], ends[k], rtx, now, tsecr_time, min_rtt)
             rack.delivered(ends[k], rtx)
+            f = rs.take(tss[k], ends[k], dlv[k], dlv_ts[k], first_ts[k], bool(fl & APP_LIMITED), rtx, now)
+            if f is not None:
+                self.first_sent_ts = f
 
     def _sack_delivered(self, ranges: list[tuple[int, int]], seg: Segment, now: float) -> None:
         """RFC 8985 §6.2 steps 2-3 for newly SACKed ranges (ascending)."""
         log = self.sent
         rack = self.rack
         starts, ends, tss, flags = log.start, log.end, log.ts, log.flags
+        dlv, dlv_ts, first_ts = log.dlv, log.dlv_ts, log.first_ts
+        rs = self.rs
         tsecr_time = self._ts_to_time(seg.tsecr) if self.ts_ok and seg.tsecr else None
         min_rtt = self.rtt.min_rtt
         n = len(ends)
@@ -953,11 +1064,34 @@ class Connection:
             self.delivered += b - a
             i = log.index_after(a)
             while i < n and starts[i] < b:
-                rtx = bool(flags[i] & RETRANSMITTED)
+                fl = flags[i]
+                rtx = bool(fl & RETRANSMITTED)
                 rack.update(tss[i], ends[i], rtx, now, tsecr_time, min_rtt)
                 rack.delivered(ends[i], rtx)
+                f = rs.take(tss[i], ends[i], dlv[i], dlv_ts[i], first_ts[i], bool(fl & APP_LIMITED), rtx, now)
+                if f is not None:
+                    self.first_sent_ts = f
                 i += 1
         self.delivered_ts = now
+
+    def _rate_finish(self, now: float, delivered_before: int, lost_before: int) -> None:
+        """draft-cheng-iccrg-delivery-rate-estimation §3.3 GenerateRateSample, then the
+        controller's ``on_rate_sample`` (BBR's input)."""
+        rs = self.rs
+        delivered = self.delivered
+        if self._app_limited_until and delivered > self._app_limited_until:
+            self._app_limited_until = 0
+        if rs.finish(delivered, self.rtt.min_rtt):
+            self.delivery_rate = rs.delivery_rate
+        if self._rate_cc:
+            rs.acked_sacked = delivered - delivered_before
+            rs.losses = self._lost_marked - lost_before
+            cc = self.cc
+            pipe = self._pipe()
+            cc.on_rate_sample(rs, now, pipe)
+            if cc.want_app_limited:
+                # BBR's PROBE_RTT: samples taken while the window is cut are not the path's rate.
+                self._app_limited_until = max(delivered + pipe, 1)
 
     def _app_limited(self) -> bool:
         """The application, not cwnd, limited the sender (RFC 7661 §4.3 spirit): no growth."""
@@ -977,6 +1111,7 @@ class Connection:
                 break
             n += lost.add(gap[0], gap[1])
             pos = gap[1]
+        self._lost_marked += n
         return n
 
     def _loss_detection(self, now: float) -> None:
@@ -1305,6 +1440,14 @@ class Connection:
             self._syn_tries += 1
             self.rtt.backoff()
             self.segs_retrans += 1
+            if st == State.SYN_SENT and self._tfo_cookie is not None:
+                # RFC 7413 §4.1.3: a SYN with data or the option may be what a middlebox
+                # drops; retransmit a plain SYN and send the data after the handshake.
+                self._syn_pending = False
+                self._tfo_cookie = None
+                if self.snd_max > 1:
+                    self.bytes_sent -= self.snd_max - 1
+                    self.snd_max = 1
             self._ctl.append(self._segment(SYN | (ACK if st == State.SYN_RECEIVED else 0), 0, now=now))
             self._arm_rto(now)
             return
@@ -1378,12 +1521,14 @@ class Connection:
         The controller's own rate if it has one (BBR), else ``gain * cwnd / SRTT``
         with gain 2 in slow start and 1.2 otherwise (Linux's tcp_update_pacing_rate).
         """
-        if not self.config.pacing:
+        if not self._pacing:
             return 0.0
+        cc = self.cc
+        if cc.pacing_rate > 0.0:
+            return cc.pacing_rate
         srtt = self.rtt.srtt
         if not srtt:
             return 0.0
-        cc = self.cc
         cwnd = self.cwnd
         flight = self.snd_max - self.snd_una
         if flight > cwnd:
@@ -1396,6 +1541,9 @@ class Connection:
         out = self._ctl
         self._ctl = []
         st = self.state
+        if self._syn_pending and st == State.SYN_SENT:
+            self._syn_pending = False
+            out.insert(0, self._tfo_syn(now))
         if st in _SYNCHRONIZED and st != State.TIME_WAIT:
             self._send_data(out, now)
         if self._ack_now and st != State.CLOSED and st != State.SYN_SENT:
@@ -1420,7 +1568,7 @@ class Connection:
             self._tlp_pending = False
             self._send_probe(out, now, data_end)
             pipe = self._pipe()
-        rate = self.pacing_rate() if self.config.pacing else 0.0
+        rate = self.pacing_rate() if self._pacing else 0.0
         pacer = self.pacer if rate > 0.0 else None
         if pacer is not None:
             pacer.refill(now, rate, mss)
@@ -1455,6 +1603,10 @@ class Connection:
                 if fin_off is not None:
                     self._send_new(out, fin_off, fin_off + 1, now)
                     sent_any = sent_new = True
+                elif pipe < cwnd:
+                    # draft-cheng-iccrg-delivery-rate-estimation §3.4: the application, not
+                    # the network, limits us; samples until this data is delivered are low.
+                    self._app_limited_until = max(self.delivered + pipe, 1)
                 break
             wnd_room = self.snd_wnd_edge - self.snd_max
             usable = min(unsent, wnd_room, room)
@@ -1471,6 +1623,8 @@ class Connection:
                 # ACK will come to clock us, so send what fits (the override timeout, at zero).
                 n = usable
             else:
+                if unsent < mss and not lost.total:
+                    self._app_limited_until = max(self.delivered + pipe, 1)
                 break
             if pacer is not None and pacer.tokens <= 0:
                 self._pace_wait(now)
@@ -1508,6 +1662,8 @@ class Connection:
     def _send_new(self, out: list[Segment], a: int, b: int, now: float) -> None:
         """First transmission of ``[a, b)`` (``b`` may include the FIN)."""
         out.append(self._data_segment(a, b, now))
+        if self.snd_max == self.snd_una:
+            self.first_sent_ts = self.delivered_ts = now   # rate estimation: nothing in flight
         self.snd_max = b
         n = b - a
         if self.fin_off is not None and b > self.fin_off:
@@ -1515,7 +1671,8 @@ class Connection:
         self.bytes_sent += n
         if self._timed is None and n:
             self._timed = (a + n, now)
-        self.sent.append(a, b, now, 0)
+        self.sent.append(a, b, now, APP_LIMITED if self._app_limited_until else 0,
+                         self.delivered, self.delivered_ts, self.first_sent_ts)
         if self.prr.active:
             self.prr.on_sent(b - a)
 
@@ -1539,15 +1696,19 @@ class Connection:
         ack, wnd, tsval, tsecr = first.ack, first.wnd, first.tsval, first.tsecr
         log = self.sent
         append = out.append
+        if a == self.snd_una:
+            self.first_sent_ts = self.delivered_ts = now   # rate estimation: nothing in flight
+        fl = APP_LIMITED if self._app_limited_until else 0
+        dlv, dlv_ts, first_ts = self.delivered, self.delivered_ts, self.first_sent_ts
         view = memoryview(buf)
         try:
-            log.append(a, a + mss, now, 0)
+            log.append(a, a + mss, now, fl, dlv, dlv_ts, first_ts)
             for _ in range(k - 1):
                 a += mss
                 b = a + mss
                 append(Segment(lport, rport, (iss + a) & MASK, ack, ACK | PSH if b == buf_end else ACK,
                                wnd, bytes(view[a - start: b - start]), tsval=tsval, tsecr=tsecr))
-                log.append(a, b, now, 0)
+                log.append(a, b, now, fl, dlv, dlv_ts, first_ts)
         finally:
             view.release()
         self.snd_max = a + mss
@@ -1574,13 +1735,19 @@ class Connection:
             self.prr.on_sent(b - a)
         log = self.sent
         starts, flags, tss = log.start, log.flags, log.ts
+        dlv, dlv_ts, first_ts = log.dlv, log.dlv_ts, log.first_ts
+        app = APP_LIMITED if self._app_limited_until else 0
         i = log.index_after(a)
         n = len(starts)
         while i < n and starts[i] < b:
-            if not flags[i] & RETRANSMITTED:
-                flags[i] |= RETRANSMITTED
+            fl = flags[i]
+            if not fl & RETRANSMITTED:
                 self._rtx_in_log += 1
+            flags[i] = (fl & ~APP_LIMITED) | RETRANSMITTED | app
             tss[i] = now
+            dlv[i] = self.delivered        # a retransmission is a new transmission for the rate
+            dlv_ts[i] = self.delivered_ts
+            first_ts[i] = self.first_sent_ts
             i += 1
 
     def _send_probe(self, out: list[Segment], now: float, data_end: int) -> None:
@@ -1683,6 +1850,9 @@ class Connection:
             "pacing_rate": self.pacing_rate(),
             "pacing_waits": self.pacing_waits,
             "delivered": self.delivered,
+            "delivery_rate": self.delivery_rate,
+            "fast_open": (self.tfo_accepted or self.tfo_syn_data_acked) if self.config.fast_open else None,
+            "tfo_syn_data": self.tfo_syn_data,
             "sack": self.sack_ok,
             "timestamps": self.ts_ok,
             "wscale": (self.snd_wscale, self.rcv_wscale) if self.ws_ok else None,

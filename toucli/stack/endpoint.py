@@ -11,12 +11,22 @@ ACK coalescing is in the caller's hands: feed a batch of received segments with
 connection answers the whole batch with one cumulative ACK (out-of-order and
 duplicate arrivals still get one ACK each, so no SACK information is lost). Calling
 ``segments_to_send`` after every segment gives classic per-segment behaviour.
+
+TCP Fast Open (RFC 7413), when ``ConnectionConfig.fast_open`` is on: as a server the
+endpoint makes cookies, an 8-byte keyed BLAKE2s MAC of the client's peer identity
+under the endpoint secret (§4.1.2), accepts a SYN's data only with a valid cookie
+and while fewer than ``max_tfo_pending`` such connections are still in SYN-RECEIVED
+(§5.1), and hands a cookie out in the SYN-ACK when the SYN asked for one or brought
+a wrong one. As a client it keeps the cookies it learned, with the server's MSS, in
+``tfo_cookies`` (per peer, at most ``TFO_CACHE_SIZE``), and ``connect(..., data=)``
+puts data in the SYN when it holds a cookie for the peer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import hmac
 from collections import deque
 from typing import Hashable
 
@@ -28,13 +38,15 @@ from .segment import ACK, RST, SYN, Segment
 from .seq import MASK, seq_gt
 
 ISN_TICK = 250_000   # RFC 6528 §3: M is a timer that ticks every 4 microseconds
+TFO_COOKIE_LEN = 8   # RFC 7413 §4.1.2 recommends 8 bytes
+TFO_CACHE_SIZE = 4096   # peers whose cookie a client remembers
 
 
 class Endpoint:
     """A set of TCP connections and listeners sharing one event queue."""
 
     def __init__(self, config: ConnectionConfig | None = None, secret: bytes = b"",
-                 *, max_half_open: int = 1024) -> None:
+                 *, max_half_open: int = 1024, max_tfo_pending: int = 256) -> None:
         if len(secret) < 16:
             raise LocalError("the ISN secret must be at least 16 bytes (RFC 6528 §3)")
         self.config = config or ConnectionConfig()
@@ -52,6 +64,12 @@ class Endpoint:
         self.iss_override: int | None = None   # tests: force the next ISN
         self.rst_sent = 0
         self.syn_dropped = 0
+        # TCP Fast Open (RFC 7413)
+        self.tfo_cookies: dict[Hashable, tuple[bytes, int]] = {}   # client: peer -> (cookie, MSS)
+        self.max_tfo_pending = max_tfo_pending
+        self._tfo_pending = 0
+        self.tfo_accepted = 0       # SYNs whose data was accepted
+        self.tfo_refused = 0        # SYNs with data that was not (bad cookie, or too many pending)
 
     # ------------------------------------------------------------ identities
     def _hash(self, label: bytes, peer: Hashable, lport: int, rport: int) -> int:
@@ -68,6 +86,12 @@ class Endpoint:
             return isn & MASK
         return (int(now * ISN_TICK) + self._hash(b"isn", peer, lport, rport)) & MASK
 
+    def tfo_cookie(self, peer: Hashable) -> bytes:
+        """The Fast Open cookie of ``peer``: MAC(secret, peer identity) (RFC 7413 §4.1.2)."""
+        h = hashlib.blake2s(key=self._secret[:32], digest_size=TFO_COOKIE_LEN, person=b"tou-tfo")
+        h.update(repr(peer).encode())
+        return h.digest()
+
     def _ts_offset(self, peer: Hashable, lport: int, rport: int) -> int:
         """Per-connection timestamp offset (RFC 7323 §7.1), so TSval leaks no uptime."""
         return self._hash(b"ts", peer, lport, rport)
@@ -82,8 +106,13 @@ class Endpoint:
         self.listeners.discard(port)
 
     def connect(self, peer: Hashable, local_port: int, remote_port: int, now: float,
-                config: ConnectionConfig | None = None) -> Connection:
-        """Active open towards ``peer``."""
+                config: ConnectionConfig | None = None, *, data: bytes = b"") -> Connection:
+        """Active open towards ``peer``; ``data`` is queued at once (as ``conn.send``).
+
+        With Fast Open on and a cookie cached for ``peer``, ``data`` (and anything
+        else sent before the next :meth:`segments_to_send`) rides in the SYN, up to
+        one MSS (RFC 7413 §4.1.2).
+        """
         for p in (local_port, remote_port):
             if not 0 < p < 65536:
                 raise LocalError(f"port out of range: {p}")
@@ -98,7 +127,15 @@ class Endpoint:
                           ts_offset=self._ts_offset(peer, local_port, remote_port), events=self.events)
         self.connections[key] = conn
         conn.wake = self._touch
-        conn.connect(now)
+        tfo = None
+        if conn.config.fast_open:
+            conn.tfo_cache = self.tfo_cookies
+            tfo = self.tfo_cookies.get(peer)
+            if len(self.tfo_cookies) > TFO_CACHE_SIZE:
+                del self.tfo_cookies[next(iter(self.tfo_cookies))]   # forget the oldest
+        conn.connect(now, tfo)
+        if data:
+            conn.send(data)
         self._touch(conn)
         return conn
 
@@ -130,7 +167,23 @@ class Endpoint:
                               self._isn(peer, seg.dport, seg.sport, now), now, peer=peer,
                               ts_offset=self._ts_offset(peer, seg.dport, seg.sport), events=self.events)
             conn.wake = self._touch
-            conn.accept_syn(seg, now)
+            tfo_data = False
+            give_cookie = None
+            if self.config.fast_open and seg.tfo_cookie is not None:
+                good = self.tfo_cookie(peer)
+                valid = hmac.compare_digest(seg.tfo_cookie, good)
+                if not valid:
+                    give_cookie = good   # RFC 7413 §4.2.2: a request, or a stale cookie
+                if seg.payload:
+                    if valid and self._tfo_pending < self.max_tfo_pending:
+                        tfo_data = True
+                        self.tfo_accepted += 1
+                    else:
+                        self.tfo_refused += 1   # only the SYN is acknowledged; the client resends
+            conn.accept_syn(seg, now, tfo_data=tfo_data, tfo_cookie=give_cookie)
+            if tfo_data:
+                self._tfo_pending += 1
+                conn._tfo_counted = True
             self._half_open += 1
             self.connections[(peer, seg.dport, seg.sport)] = conn
             self._touch(conn)
@@ -182,7 +235,9 @@ class Endpoint:
 
     def stats(self) -> dict:
         return {"connections": len(self.connections), "listeners": sorted(self.listeners),
-                "rst_sent": self.rst_sent, "syn_dropped": self.syn_dropped}
+                "rst_sent": self.rst_sent, "syn_dropped": self.syn_dropped,
+                "tfo_accepted": self.tfo_accepted, "tfo_refused": self.tfo_refused,
+                "tfo_pending": self._tfo_pending, "tfo_cookies": len(self.tfo_cookies)}
 
     # ------------------------------------------------------------ internals
     def _touch(self, conn: Connection) -> None:
@@ -192,6 +247,9 @@ class Endpoint:
         if conn.passive and not getattr(conn, "_counted_open", False) and conn.state != State.SYN_RECEIVED:
             conn._counted_open = True
             self._half_open -= 1
+            if getattr(conn, "_tfo_counted", False):
+                conn._tfo_counted = False
+                self._tfo_pending -= 1
 
     def _schedule(self, conn: Connection) -> None:
         key = (conn.peer, conn.local_port, conn.remote_port)
@@ -216,6 +274,9 @@ class Endpoint:
             if conn.passive and not getattr(conn, "_counted_open", False):
                 conn._counted_open = True
                 self._half_open -= 1
+            if getattr(conn, "_tfo_counted", False):
+                conn._tfo_counted = False
+                self._tfo_pending -= 1
 
 
 def reset_for(seg: Segment) -> Segment:

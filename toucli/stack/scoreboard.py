@@ -1,7 +1,10 @@
 """The sender's scoreboard: one record per transmission, and the lost ranges.
 
 RFC 8985 §5.2 (RACK-TLP) needs, for every segment in flight, the time it was
-last (re)transmitted, its end sequence and whether it was retransmitted.
+last (re)transmitted, its end sequence and whether it was retransmitted; delivery
+rate estimation (draft-cheng-iccrg-delivery-rate-estimation §3.2) needs the
+connection's delivered count, delivered time and first-sent time at the moment of
+each transmission, and whether the sender was application-limited then.
 :class:`SentLog` keeps them in
 parallel Python lists indexed from a moving head, not in an object per
 segment: a send appends to each list, a cumulative ACK moves the head, and
@@ -22,6 +25,7 @@ from bisect import bisect_left, bisect_right
 from .rangeset import RangeSet
 
 RETRANSMITTED = 1    # sent more than once (RFC 8985 "Segment.retransmitted")
+APP_LIMITED = 2      # sent while the application limited the sender (P.is_app_limited)
 
 _COMPACT_AT = 4096   # head index at which dead records are dropped
 
@@ -61,25 +65,37 @@ class Ranges(RangeSet):
 
 
 class SentLog:
-    """Per-transmission records in stream order: ``[start, end)``, send time, flags."""
+    """Per-transmission records in stream order.
 
-    __slots__ = ("start", "end", "ts", "flags", "head")
+    ``start``/``end``: the octets ``[start, end)``; ``ts``: last send time;
+    ``flags``: RETRANSMITTED, APP_LIMITED; ``dlv``, ``dlv_ts``, ``first_ts``: the
+    rate-estimation snapshot P.delivered, P.delivered_time, P.first_sent_time.
+    """
+
+    __slots__ = ("start", "end", "ts", "flags", "dlv", "dlv_ts", "first_ts", "head")
 
     def __init__(self) -> None:
         self.start: list[int] = []
         self.end: list[int] = []
         self.ts: list[float] = []
         self.flags: list[int] = []
+        self.dlv: list[int] = []
+        self.dlv_ts: list[float] = []
+        self.first_ts: list[float] = []
         self.head = 0
 
     def __len__(self) -> int:
         return len(self.end) - self.head
 
-    def append(self, start: int, end: int, ts: float, flags: int) -> None:
+    def append(self, start: int, end: int, ts: float, flags: int,
+               delivered: int = 0, delivered_ts: float = 0.0, first_ts: float = 0.0) -> None:
         self.start.append(start)
         self.end.append(end)
         self.ts.append(ts)
         self.flags.append(flags)
+        self.dlv.append(delivered)
+        self.dlv_ts.append(delivered_ts)
+        self.first_ts.append(first_ts)
 
     def acked_to(self, ack: int) -> tuple[int, int]:
         """Drop records ending at or below ``ack``; return the index range ``[lo, hi)`` dropped.
@@ -94,7 +110,7 @@ class SentLog:
             hi += 1
         if lo >= _COMPACT_AT and lo > (n >> 1):
             # The records just dropped are about to be read: keep them, drop the older ones.
-            for lst in (self.start, self.end, self.ts, self.flags):
+            for lst in (self.start, self.end, self.ts, self.flags, self.dlv, self.dlv_ts, self.first_ts):
                 del lst[:lo]
             hi -= lo
             lo = 0
@@ -106,6 +122,6 @@ class SentLog:
         return bisect_right(self.end, offset, lo=self.head)
 
     def clear(self) -> None:
-        for lst in (self.start, self.end, self.ts, self.flags):
+        for lst in (self.start, self.end, self.ts, self.flags, self.dlv, self.dlv_ts, self.first_ts):
             lst.clear()
         self.head = 0

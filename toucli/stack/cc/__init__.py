@@ -2,7 +2,7 @@
 
 A factory is called as ``factory(mss, now, initial_window)`` and returns a
 :class:`CongestionControl`. "newreno" (RFC 5681) and "cubic" (RFC 9438) are
-registered here.
+and "bbr" (BBR v1, draft-cardwell-iccrg-bbr-congestion-control-00) are registered here.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..errors import LocalError
 from .base import INITIAL_SSTHRESH, CongestionControl, rfc6928_initial_window
+from .bbr import Bbr
 from .cubic import Cubic
 from .newreno import NewReno
 
@@ -49,8 +50,9 @@ def create(name: str, mss: int, now: float, initial_window: int | None = None) -
 
 register("newreno", NewReno)
 register("cubic", Cubic)
+register("bbr", Bbr)
 
 __all__ = [
-    "INITIAL_SSTHRESH", "CongestionControl", "Cubic", "NewReno",
+    "INITIAL_SSTHRESH", "Bbr", "CongestionControl", "Cubic", "NewReno",
     "create", "names", "register", "rfc6928_initial_window",
 ]

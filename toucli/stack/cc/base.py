@@ -21,6 +21,17 @@ engine reports:
   RFC 9438 §4.9).
 * ``on_send``: optional hook before sending new data; with ``in_flight == 0``
   it tells the controller the connection was idle (CUBIC shifts its epoch).
+* ``on_rate_sample``: after every ACK, a delivery-rate sample
+  (:class:`~toucli.stack.rate.RateSample`, draft-cheng-iccrg-delivery-rate-estimation)
+  and the bytes in the network; called only for controllers that set
+  ``wants_rate_samples`` (BBR). The default does nothing.
+
+Class attributes the engine reads: ``wants_rate_samples``; ``manages_recovery``
+(the controller sizes cwnd during loss recovery itself, so the engine runs no PRR);
+``requires_pacing`` (pace even when ``ConnectionConfig.pacing`` is off);
+``supports_hystart``; and, read on every output, ``pacing_rate`` (bytes/s, 0.0 =
+let the engine derive it from cwnd/SRTT) and ``want_app_limited`` (mark the
+connection application-limited for rate sampling, BBR's PROBE_RTT).
 """
 
 from __future__ import annotations
@@ -54,6 +65,13 @@ class CongestionControl:
     abc_limit: int | None = None
 
     name = "base"
+
+    wants_rate_samples = False
+    manages_recovery = False
+    requires_pacing = False
+    supports_hystart = True
+    pacing_rate = 0.0
+    want_app_limited = False
 
     def __init__(self, mss: int, now: float, initial_window: int | None = None) -> None:
         if mss <= 0:
@@ -218,6 +236,12 @@ class CongestionControl:
         if hs is not None and not hs.done and self.cwnd < self.ssthresh and not self.in_recovery:
             if hs.on_rtt_sample(rtt, ack, snd_nxt):
                 self.ssthresh = self.cwnd   # RFC 9406 §4.2: CSS_ROUNDS done: congestion avoidance
+
+    def on_rate_sample(self, rs: Any, now: float, in_flight: int) -> None:
+        """After each ACK: the delivery-rate sample and the bytes now in the network.
+
+        Only called when ``wants_rate_samples`` is true; the default does nothing.
+        """
 
     def _on_idle(self, now: float, idle: float) -> None:
         """Hook: the connection sent nothing and had nothing in flight for ``idle`` s."""
