@@ -22,6 +22,7 @@ from typing import Any, Callable
 import click
 
 from toucli import config as configuration
+from toucli.commands.stats import ObserveOptions, Observer, observe_options
 from toucli.tunnel import (
     DEFAULT_KEEPALIVE, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Channel, FdStream, PlainTransport, Signals,
     Transport, Tunnel, TunnelError, engine_config, format_address, run, splice,
@@ -121,6 +122,7 @@ class Settings:
     authorized_keys: str | None = None
     secret_file: str | None = None
     key_file: str | None = None
+    observe: ObserveOptions | None = None    # --stats, --stats-json, --name, --pcap
 
     def info(self, message: str, level: int = 1) -> None:
         if self.verbose >= level and not self.quiet:
@@ -152,7 +154,7 @@ def settings_from(ctx: click.Context) -> Settings:
                  exec_=p.get("exec_"), sh_exec=p.get("sh_exec"), idle_timeout=p.get("idle_timeout"),
                  linger=p.get("linger"), recv_only=bool(p.get("recv_only")), peer_key=p.get("peer_key"),
                  authorized_keys=p.get("authorized_keys"), secret_file=p.get("secret_file"),
-                 key_file=p.get("key_file"))
+                 key_file=p.get("key_file"), observe=ObserveOptions.from_params(p))
     if s.exec_ is not None:
         try:
             argv = shlex.split(s.exec_)
@@ -328,6 +330,7 @@ def finish(code: int) -> None:
 @opt("-w", "--wait", type=DURATION, metavar="SECS", help="Give up if the connection is not set up within SECS.")
 @opt("-s", "--source", metavar="ADDR", help="Send from this local address.")
 @opt("-p", "--source-port", type=PORT, metavar="PORT", help="Send from this local UDP port.")
+@observe_options
 @common_options
 @click.pass_context
 def connect(ctx: click.Context, host: str, port: int, **_: Any) -> None:
@@ -355,8 +358,12 @@ async def _connect(sig: Signals, s: Settings, transport: Transport, host: str, p
         usock.connect(addr)
     except OSError as exc:
         raise TunnelError(f"cannot open a UDP socket to {format_address(addr)}: {exc.strerror}") from None
-    tunnel = Tunnel(usock, transport, engine_config(family, transport.overhead, keepalive=s.keepalive))
+    obs = Observer(s.observe or ObserveOptions(), "connect", stdin_is_payload=s.argv is None and not s.recv_only,
+                   warn=s.warn)
+    tunnel = Tunnel(usock, obs.tap(transport, usock),
+                    engine_config(family, transport.overhead, keepalive=s.keepalive))
     try:
+        await obs.start(tunnel)
         s.info(f"connecting to {format_address(addr)} ({transport.name})")
         ch = tunnel.connect(addr)
         work = asyncio.ensure_future(_client(s, ch, wait))
@@ -368,6 +375,7 @@ async def _connect(sig: Signals, s: Settings, transport: Transport, host: str, p
         return sig.stopping.result()
     finally:
         tunnel.close()
+        obs.stop()
 
 
 async def _client(s: Settings, ch: Channel, wait: float | None) -> int:

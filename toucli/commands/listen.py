@@ -18,6 +18,7 @@ from toucli.commands.connect import (
     PORT, Settings, common_options, finish, make_transport, opt, session, session_options, settings_from,
     summary,
 )
+from toucli.commands.stats import ObserveOptions, Observer, observe_options
 from toucli.tunnel import (
     EXIT_FAILURE, EXIT_OK, Channel, FdStream, Signals, Transport, Tunnel, TunnelError, engine_config,
     format_address, run,
@@ -50,6 +51,7 @@ class SharedSink:
 @opt("-k", "--keep-open", is_flag=True, help="Serve many connections at once and keep listening.")
 @opt("-m", "--max-conns", type=click.IntRange(1), default=100, show_default=True,
      help="With -k: connections served at once; more are refused.")
+@observe_options
 @common_options
 @click.pass_context
 def listen(ctx: click.Context, args: tuple[str, ...], **_: Any) -> None:
@@ -130,11 +132,15 @@ async def _listen(sig: Signals, s: Settings, transport: Transport, addr: str | N
             key = f" (key {ev.fingerprint})" if ev.fingerprint and ev.reason == REASON_UNKNOWN_CLIENT else ""
             s.info(f"rejected {format_address(ev.addr)}{key}: {ev.reason}", level=0)
 
-    tunnel = Tunnel(usock, transport, engine_config(family, transport.overhead, keepalive=s.keepalive),
+    obs = Observer(s.observe or ObserveOptions(), "listen",
+                   stdin_is_payload=not keep and s.argv is None and not s.recv_only, warn=s.warn)
+    tunnel = Tunnel(usock, obs.tap(transport, usock),
+                    engine_config(family, transport.overhead, keepalive=s.keepalive),
                     on_accept=on_accept, on_event=on_event)
     tunnel.listen()
     s.info(f"listening on UDP {format_address(usock.local_address())} ({transport.name})")
     try:
+        await obs.start(tunnel)
         if keep:
             code = await sig.stopping
             for t in list(active):
@@ -151,6 +157,7 @@ async def _listen(sig: Signals, s: Settings, transport: Transport, addr: str | N
     finally:
         stdout.close()
         tunnel.close()
+        obs.stop()
 
 
 async def _serve_single(s: Settings, first: asyncio.Future[Channel], stdout: FdStream) -> int:
