@@ -667,6 +667,7 @@ class ForwardServer:
                 self.log.info(f"{who}: no complete request within {REQUEST_TIMEOUT:g} s")
                 ch.abort("no request")
                 return
+            ch.label = show(req.host, req.port)
             if req.type == TYPE_CONNECT:
                 await self._connect(ch, req, who)
             elif req.type == TYPE_LISTEN:
@@ -885,6 +886,7 @@ class ForwardClient:
         while True:
             peer = await self.link.wait_up(deadline)
             ch = self.tunnel.connect(self.link.addr, FORWARD_PORT, peer=peer)
+            ch.label = show(host, port)        # shown by the statistics dashboard
             try:
                 await asyncio.wait_for(asyncio.shield(ch.connected), max(0.0, deadline - self.loop.time()))
             except asyncio.TimeoutError:

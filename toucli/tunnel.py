@@ -284,6 +284,7 @@ class Channel:
         self.last_activity = self.started
         self.bytes_in = 0        # delivered to the application
         self.bytes_out = 0       # accepted from the application
+        self.label: str | None = None   # what the dashboard shows, e.g. a forwarded target
         self._reader: asyncio.Future[None] | None = None
         self._writer: asyncio.Future[None] | None = None
         if conn.state == State.ESTABLISHED:

@@ -14,5 +14,6 @@ from toucli.commands.demo import demo
 from toucli.commands.forward import forward
 from toucli.commands.key import key
 from toucli.commands.listen import listen
+from toucli.commands.stats import stats
 
-COMMANDS: list[click.Command] = [demo, listen, connect, forward, key, completion]
+COMMANDS: list[click.Command] = [demo, listen, connect, forward, stats, key, completion]

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from toucli.commands.connect import DURATION, finish, opt
+from toucli.commands.stats import ObserveOptions, Observer
 from toucli.link import Link
 from toucli.tunnel import (
     EXIT_FAILURE, EXIT_OK, Channel, PlainTransport, Signals, Tunnel, TunnelError, engine_config, run,
@@ -74,6 +75,8 @@ class LinkedUdpSocket(UdpSocket):
      help="Bottleneck rate per direction, Mbit/s (default: unlimited).")
 @opt("--seconds", type=DURATION, default=5.0, show_default=True, metavar="N", help="How long to send.")
 @opt("--seed", type=int, default=1, show_default=True, help="Seed of the data and of the emulated loss.")
+@opt("--stats/--no-stats", default=None,
+     help="Show the live statistics dashboard on stderr (default: when stderr is a terminal).")
 @opt("-v", "--verbose", count=True, help="Also print transport counters.")
 @click.option("--config", metavar="FILE", type=click.Path(dir_okay=False),
               help="Config file (default $XDG_CONFIG_HOME/tou/config.toml; env TOU_CONFIG).")
@@ -136,11 +139,15 @@ async def _demo(sig: Signals, p: dict) -> int:
 
     server = Tunnel(b_sock, PlainTransport(), cfg, on_accept=on_accept)
     server.listen()
-    client = Tunnel(a_sock, PlainTransport(), cfg)
     tty = sys.stderr.isatty()
+    dashboard = tty if p.get("stats") is None else bool(p["stats"])
+    obs = Observer(ObserveOptions(stats=dashboard), "demo", stdin_is_payload=False)
+    client = Tunnel(a_sock, obs.tap(PlainTransport(), a_sock), cfg)
     try:
+        await obs.start(client)
         ch = client.connect(b_sock.local_address())
-        work = asyncio.ensure_future(_transfer(p, ch, accepted, tty))
+        ch.label = "demo (sender)"
+        work = asyncio.ensure_future(_transfer(p, ch, accepted, tty and not dashboard))
         done, _ = await asyncio.wait({work, sig.stopping}, return_when=asyncio.FIRST_COMPLETED)
         if work not in done:
             work.cancel()
@@ -149,6 +156,7 @@ async def _demo(sig: Signals, p: dict) -> int:
             return sig.stopping.result()
         sent_hash, recv_hash, received, elapsed, retrans, segs = work.result()
     finally:
+        obs.stop()
         client.close()
         server.close()
     ok = sent_hash == recv_hash

@@ -19,6 +19,7 @@ from toucli.commands.connect import (
     DURATION, Settings, common_options, finish, make_transport, opt, resolve, settings_from,
 )
 from toucli.commands.listen import _bind as bind_udp
+from toucli.commands.stats import ObserveOptions, Observer, observe_options
 from toucli.forward import (
     DynamicForward, ForwardClient, ForwardServer, Link, LocalForward, Log, Permits, Refused, RemoteForward,
     SpecError, parse_dynamic, parse_endpoint, parse_local, parse_permit, parse_remote,
@@ -78,6 +79,7 @@ PERMIT = SpecType("HOST:PORT", _permit_rule)
 @opt("--permit-open", multiple=True, type=PERMIT, metavar="HOST:PORT",
      help="Server: targets clients may connect to ('*' for any host or port; 'any', 'none'). Default: any.")
 @opt("--allow-remote-listen", is_flag=True, help="Server: let clients listen on this host's ports (-R).")
+@observe_options
 @common_options
 @click.pass_context
 def forward(ctx: click.Context, peer: str | None, **_: Any) -> None:
@@ -141,12 +143,15 @@ def _log(s: Settings) -> Log:
 async def _serve(sig: Signals, s: Settings, transport: Transport, addr: str | None, port: int,
                  permits: Permits, allow_listen: bool, wait: float) -> int:
     usock = bind_udp(s, addr, port)
-    tunnel = Tunnel(usock, transport, engine_config(usock.family, transport.overhead, keepalive=s.keepalive))
+    obs = Observer(s.observe or ObserveOptions(), "forward", stdin_is_payload=False, warn=s.warn)
+    tunnel = Tunnel(usock, obs.tap(transport, usock),
+                    engine_config(usock.family, transport.overhead, keepalive=s.keepalive))
     log = _log(s)
     server = ForwardServer(tunnel, permits, log, allow_listen=allow_listen, dial_timeout=wait)
     log.info(f"serving forwards on UDP {format_address(usock.local_address())} ({transport.name}); "
              f"permit-open: {permits.describe()}; remote listen: {'allowed' if allow_listen else 'not allowed'}")
     try:
+        await obs.start(tunnel)
         return await sig.stopping
     finally:
         for t in list(server.tasks):
@@ -154,6 +159,7 @@ async def _serve(sig: Signals, s: Settings, transport: Transport, addr: str | No
         await asyncio.gather(*server.tasks, return_exceptions=True)
         await tunnel.close_all()
         tunnel.close()
+        obs.stop()
 
 
 async def _client(sig: Signals, s: Settings, transport: Transport, host: str, port: int,
@@ -165,13 +171,16 @@ async def _client(sig: Signals, s: Settings, transport: Transport, host: str, po
         usock.connect(addr)
     except OSError as exc:
         raise TunnelError(f"cannot open a UDP socket to {format_address(addr)}: {exc.strerror}") from None
-    tunnel = Tunnel(usock, transport, engine_config(family, transport.overhead, keepalive=s.keepalive))
+    obs = Observer(s.observe or ObserveOptions(), "forward", stdin_is_payload=False, warn=s.warn)
+    tunnel = Tunnel(usock, obs.tap(transport, usock),
+                    engine_config(family, transport.overhead, keepalive=s.keepalive))
     log = _log(s)
     link = Link(tunnel, addr, log, secure=not isinstance(transport, PlainTransport))
     client = ForwardClient(tunnel, link, log, wait=wait, gateway=gateway)
     try:
         for spec in (*local, *dynamic):
             client.listen_local(spec)          # a failed bind is fatal (exit 1), before any traffic
+        await obs.start(tunnel)
         link.start()
         if link.secure:
             await _first_session(link, tunnel, wait)
@@ -192,6 +201,7 @@ async def _client(sig: Signals, s: Settings, transport: Transport, host: str, po
         await client.close()
         await tunnel.close_all()
         tunnel.close()
+        obs.stop()
 
 
 async def _first_session(link: Link, tunnel: Tunnel, wait: float) -> None:
