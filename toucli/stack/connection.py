@@ -219,6 +219,9 @@ class Connection:
         self._ack_now = False
         self._challenge_times: deque[float] = deque()
         self._rxt_now = False   # the next retransmission ignores cwnd
+        self._max_flight = 0        # largest flight this round trip (cwnd validation)
+        self._prev_max_flight = 0   # and in the previous one
+        self._flight_mark = 0       # snd_max when this round trip began
         self.wake = None   # set by the endpoint: called when an API call creates output
 
         # --- statistics ---
@@ -993,13 +996,13 @@ class Connection:
                 self.lost.clear()
                 self.cc.on_recovery_exit(now)
             elif self.rto_recovery:
-                self.cc.on_ack(acked, now, self.rtt.srtt, self.flight, self._app_limited())
+                self.cc.on_ack(acked, now, self.rtt.srtt, self.flight, self._app_limited(acked))
             elif not self.sack_ok:
                 # RFC 6582 §3.2 step 3: a partial ACK; the next hole is lost too.
                 self._mark_lost(ack, min(ack + self.eff_mss, self.snd_max))
                 self._rxt_now = True
         else:
-            self.cc.on_ack(acked, now, self.rtt.srtt, self.flight, self._app_limited())
+            self.cc.on_ack(acked, now, self.rtt.srtt, self.flight, self._app_limited(acked))
         # RFC 6298 §5.2/5.3.
         if self.snd_max > ack:
             self.rto_deadline = now + self.rtt.rto
@@ -1093,10 +1096,21 @@ class Connection:
                 # BBR's PROBE_RTT: samples taken while the window is cut are not the path's rate.
                 self._app_limited_until = max(delivered + pipe, 1)
 
-    def _app_limited(self) -> bool:
-        """The application, not cwnd, limited the sender (RFC 7661 §4.3 spirit): no growth."""
-        unsent = self.snd_buf_start + len(self.snd_buf) - self.snd_max
-        return unsent <= 0 and self.snd_max - self.snd_una + self.eff_mss < (self.cc.cwnd >> 1)
+    def _app_limited(self, acked: int) -> bool:
+        """cwnd did not limit the sender, so an ACK must not grow it (RFC 7661 §4.3).
+
+        Whatever held the flight back (the application, the peer's window), a window
+        that was never filled has not been tested by the network. Like Linux's
+        ``tcp_is_cwnd_limited``: the largest flight of this round trip or the last
+        one must have reached half of cwnd (slow start doubles it per round trip).
+        """
+        flight = self.snd_max - self.snd_una
+        if self.snd_una >= self._flight_mark:      # a round trip ended
+            self._prev_max_flight = self._max_flight
+            self._max_flight = flight
+            self._flight_mark = self.snd_max
+        most = self._max_flight if self._max_flight > self._prev_max_flight else self._prev_max_flight
+        return most * 2 < self.cc.cwnd
 
     def _mark_lost(self, a: int, b: int) -> int:
         """Mark the un-SACKed octets of ``[a, b)`` lost (to be retransmitted); returns how many."""
@@ -1649,6 +1663,9 @@ class Connection:
             pipe += n
             sent_any = sent_new = True
         if sent_any:
+            flight = self.snd_max - self.snd_una
+            if flight > self._max_flight:
+                self._max_flight = flight
             if was_idle:
                 self._last_progress = now
             self._arm_rto(now)
