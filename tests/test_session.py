@@ -331,6 +331,28 @@ def test_rekey_while_segments_flow_loses_nothing() -> None:
     assert not any(isinstance(e, SessionClosed) for e in net.client_events + net.server_events)
 
 
+def test_per_session_counters() -> None:
+    """Issue 5: datagrams, bytes, drops and handshakes are counted per session."""
+    net, cs, ss = connect(*key_pair_endpoints())
+    assert cs.handshakes == 1 and ss.handshakes == 1
+    for i in range(5):
+        net.send_c2s(cs, segment(i))
+    net.deliver()
+    assert cs.datagrams_out == 5 and ss.datagrams_in >= 5
+    assert ss.bytes_in >= cs.bytes_out > 5 * 100
+    replayed = net.client.seal_segment(cs, segment(99))
+    assert net.server.datagram_received(replayed, CLIENT_ADDR, net.now) == [(ss, segment(99))]
+    assert net.server.datagram_received(replayed, CLIENT_ADDR, net.now) == []
+    assert ss.drop_replay == 1
+    tampered = bytearray(net.client.seal_segment(cs, segment(100)))
+    tampered[-1] ^= 1
+    assert net.server.datagram_received(bytes(tampered), CLIENT_ADDR, net.now) == []
+    assert ss.drop_auth == 1
+    net.client.rekey(cs, net.now)
+    net.deliver()
+    assert cs.handshakes == 2 and ss.handshakes == 2
+
+
 def test_rekey_in_flight_records_of_the_old_keys_still_open() -> None:
     net, cs, ss = connect(*key_pair_endpoints())
     late = net.client.seal_segment(cs, segment(1))

@@ -293,6 +293,15 @@ class Session:
         self._addr_verified = True
         self._budget = 0
         self._challenge: bytes | None = None
+        # Per-session counters for statistics (the endpoint's ``counters`` add up all
+        # sessions plus what no session can be blamed for, e.g. unknown session IDs).
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.drop_replay = 0
+        self.drop_auth = 0
+        self.handshakes = 0      # associations that became current: the first one plus rekeys
 
     @property
     def id(self) -> int:
@@ -404,6 +413,8 @@ class SecureEndpoint:
         self.counters["datagrams_out"] += 1
         self.counters["segments_out"] += 1
         self.counters["bytes_out"] += len(out)
+        session.datagrams_out += 1
+        session.bytes_out += len(out)
         return out
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
@@ -607,6 +618,7 @@ class SecureEndpoint:
             session.peer_identity = self._identity(assoc)
             session.state = "established"
             session._current = assoc
+            session.handshakes += 1
             assoc.session = session
             assoc.state = READY
             self._sessions.add(session)
@@ -656,6 +668,7 @@ class SecureEndpoint:
         session.last_rx = now
         if session._current is None:
             session._current = assoc
+            session.handshakes += 1
             session.state = "established"
             session.peer_identity = self._identity(assoc)
             self._events.append(SessionEstablished(session, session.peer_identity))
@@ -672,6 +685,7 @@ class SecureEndpoint:
             session._previous = old
             session._previous_until = now + self.config.previous_linger
         session._current = assoc
+        session.handshakes += 1
         if session._pending is assoc:
             session._pending = None
         session._rekey_wanted = False
@@ -688,18 +702,24 @@ class SecureEndpoint:
         assert keys is not None
         res = keys.open(data, off)
         counters = self.counters
+        session = assoc.session
         if type(res) is not tuple:
             if res is RecordDrop.REPLAY:
                 counters["drop_replay"] += 1
+                if session is not None:
+                    session.drop_replay += 1
             elif res is RecordDrop.AUTH:
                 counters["drop_auth"] += 1
+                if session is not None:
+                    session.drop_auth += 1
             else:
                 counters["drop_malformed"] += 1
             return
         ctype, pt, newest = res
-        session = assoc.session
         if session is not None:
             session.last_rx = now
+            session.datagrams_in += 1
+            session.bytes_in += len(data) - off
             if addr != session.peer_addr and newest and self.role == SERVER:
                 self._peer_moved(session, addr, now)
             if not session._addr_verified and addr == session.peer_addr:

@@ -523,6 +523,12 @@ def _sessions(ep: Any, now: float) -> list[dict]:
             "state": getattr(s, "state", None),
             "session_id": getattr(s, "id", None),
             "age": now - created if isinstance(created, (int, float)) else None,
+            "datagrams_in": getattr(s, "datagrams_in", None),
+            "datagrams_out": getattr(s, "datagrams_out", None),
+            "bytes_in": getattr(s, "bytes_in", None),
+            "bytes_out": getattr(s, "bytes_out", None),
+            "drops": {"replay": getattr(s, "drop_replay", 0), "auth": getattr(s, "drop_auth", 0)},
+            "handshakes": getattr(s, "handshakes", None),
         })
     return out
 
@@ -532,7 +538,9 @@ def _plain_peers(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r.get("open") and r["peer"] not in seen:
             seen[r["peer"]] = {"address": r["peer"], "identity": None, "fingerprint": None, "key_name": None,
-                               "auth": None, "state": "cleartext", "session_id": None, "age": r.get("age")}
+                               "auth": None, "state": "cleartext", "session_id": None, "age": r.get("age"),
+                               "datagrams_in": None, "datagrams_out": None, "bytes_in": None,
+                               "bytes_out": None, "drops": None, "handshakes": None}
     return list(seen.values())
 
 
