@@ -1,0 +1,254 @@
+"""Loopback comparisons: bulk throughput of one connection, and 64-byte round trips.
+
+Bulk (one connection, one direction, all on 127.0.0.1):
+
+* **kernel TCP**: ``iperf3 -t SECS``; CPU = both iperf3 processes.
+* **tou**: ``head -c N /dev/zero | tou connect`` to ``tou listen -d`` (DTLS with a
+  shared secret); the listener's stdout is read by this process, and Mbit/s is
+  bytes / (last byte - first byte). CPU = both tou processes.
+* **kcptun** default and tuned: ``iperf3 -t SECS`` through ``kcptun-client`` ->
+  ``kcptun-server`` -> iperf3 server; Mbit/s from iperf3's receiver; CPU = both
+  kcptun processes (iperf3 is the application there, not counted).
+* **aioquic**: ``bench/quic_peer.py``, one stream of N bytes; CPU = both processes.
+
+CPU seconds per GB = (user + system seconds of the counted processes, from
+``wait4``) / GB moved. Each contender runs ``--runs`` times, interleaved
+(round-robin, so a noisy moment hits all of them); medians are printed.
+
+Round trips: ``tcp_peer.py pingpong`` (64 bytes, TCP_NODELAY, 100 warm-up
+round trips then ``-n``) against ``tcp_peer.py echo``: directly, through
+kcptun (default mode) and through ``tou forward -L`` (a warm session).
+
+``--profile`` runs the tou bulk transfer once more with both tou processes
+under cProfile and prints the functions with the most own time.
+
+    python bench/loopback.py [--quick] [--runs 3] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from contenders import iperf3_client, iperf3_figures, iperf3_server, kcptun, read_json_line, tcp_peer, tou_forward  # noqa: E402
+from harness import BENCH, PY, PipeSink, Procs, free_port, median, tou_env  # noqa: E402
+
+
+def _per_gb(cpu: float, nbytes: float) -> float | None:
+    return cpu / (nbytes / 1e9) if nbytes else None
+
+
+# ---------------------------------------------------------------- bulk contenders
+def bulk_kernel(seconds: float) -> dict[str, Any]:
+    with Procs() as ps:
+        port = free_port()
+        srv = iperf3_server(ps, port)
+        cli, j = iperf3_client(ps, "127.0.0.1", port, seconds=seconds)
+        ps.reap(srv, 10)
+        f = iperf3_figures(j)
+        if "error" in f:
+            return f
+        cpu = (cli.cpu or 0) + (srv.cpu or 0)
+        return {"mbps": f["mbps"], "bytes": f["bytes"], "cpu": cpu, "cpu_per_gb": _per_gb(cpu, f["bytes"])}
+
+
+def bulk_tou(nbytes: int, *, profile_dir: Path | None = None, timeout: float = 120.0) -> dict[str, Any]:
+    env = tou_env()
+    with Procs() as ps:
+        port = free_port(kind=2)
+        pre_l: list[str] = []
+        pre_c: list[str] = []
+        if profile_dir is not None:
+            pre_l = ["-m", "cProfile", "-o", str(profile_dir / "listen.prof")]
+            pre_c = ["-m", "cProfile", "-o", str(profile_dir / "connect.prof")]
+        lis = ps.start("tou listen", [PY, *pre_l, "-m", "toucli", "listen", "-d", "--quiet", "127.0.0.1", str(port)],
+                       env=env, stdout=subprocess.PIPE)
+        sink = PipeSink(lis.popen.stdout)
+        sink.start()
+        time.sleep(0.6)
+        head = ps.start("head", ["head", "-c", str(nbytes), "/dev/zero"], stdout=subprocess.PIPE)
+        con = ps.start("tou connect", [PY, *pre_c, "-m", "toucli", "connect", "--quiet", "127.0.0.1", str(port)],
+                       env=env, stdin=head.popen.stdout)
+        head.popen.stdout.close()
+        ok = ps.reap(con, timeout) and ps.reap(lis, 20)
+        sink.join(5)
+        if not ok or sink.bytes < nbytes:
+            err = ps.stderr_tail(con) + ps.stderr_tail(lis)
+            return {"error": f"tou moved {sink.bytes} of {nbytes} bytes: {err.strip()[-300:]}"}
+        cpu = (con.cpu or 0) + (lis.cpu or 0)
+        secs = sink.seconds()
+        return {"mbps": sink.bytes * 8 / secs / 1e6, "bytes": sink.bytes, "cpu": cpu,
+                "cpu_per_gb": _per_gb(cpu, sink.bytes)}
+
+
+def bulk_kcptun(mode: str, seconds: float) -> dict[str, Any]:
+    with Procs() as ps:
+        target, kport, lport = free_port(), free_port(kind=2), free_port()
+        srv = iperf3_server(ps, target)
+        kc, ks = kcptun(ps, mode, server_listen=f"127.0.0.1:{kport}", target=f"127.0.0.1:{target}",
+                        client_listen=f"127.0.0.1:{lport}", remote=f"127.0.0.1:{kport}")
+        time.sleep(0.3)
+        cli, j = iperf3_client(ps, "127.0.0.1", lport, seconds=seconds, timeout=seconds + 60)
+        ps.reap(srv, 10)
+        ps.stop(kc)
+        ps.stop(ks)
+        f = iperf3_figures(j)
+        if "error" in f:
+            return f
+        cpu = (kc.cpu or 0) + (ks.cpu or 0)
+        return {"mbps": f["mbps"], "bytes": f["bytes"], "cpu": cpu, "cpu_per_gb": _per_gb(cpu, f["bytes"])}
+
+
+def bulk_quic(nbytes: int, certdir: Path, timeout: float = 180.0) -> dict[str, Any]:
+    with Procs() as ps:
+        port = free_port(kind=2)
+        srv = ps.start("quic server", [PY, str(BENCH / "quic_peer.py"), "--timeout", str(timeout), "server",
+                                       str(port), str(certdir)], stdout=subprocess.PIPE)
+        if read_json_line(srv, 20) is None:
+            return {"error": "aioquic server did not start: " + ps.stderr_tail(srv)}
+        cli = ps.start("quic client", [PY, str(BENCH / "quic_peer.py"), "--timeout", str(timeout), "client",
+                                       str(port), str(nbytes)], stdout=subprocess.PIPE)
+        res = read_json_line(srv, timeout)
+        ps.reap(srv, 10)
+        ps.reap(cli, 10) or ps.stop(cli)
+        if not res or res.get("bytes") != nbytes:
+            return {"error": f"aioquic: {res} {ps.stderr_tail(cli)} {ps.stderr_tail(srv)}"}
+        cpu = (cli.cpu or 0) + (srv.cpu or 0)
+        secs = res["last"] - res["first"]
+        return {"mbps": nbytes * 8 / secs / 1e6, "bytes": nbytes, "cpu": cpu, "cpu_per_gb": _per_gb(cpu, nbytes)}
+
+
+def bulk_suite(quick: bool, runs: int, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """All bulk contenders, ``runs`` rounds interleaved; medians per contender."""
+    seconds = 3 if quick else 6
+    tou_bytes = 150_000_000 if quick else 400_000_000
+    quic_bytes = 30_000_000 if quick else 80_000_000
+    tmp = Path(tempfile.mkdtemp(prefix="toubench-quic-"))
+    subprocess.run([PY, str(BENCH / "quic_peer.py"), "cert", str(tmp)], check=True, timeout=30)
+    contenders: dict[str, Callable[[], dict]] = {
+        "kernel TCP (iperf3)": lambda: bulk_kernel(seconds),
+        "tou (DTLS, shared secret)": lambda: bulk_tou(tou_bytes),
+        "kcptun default": lambda: bulk_kcptun("default", seconds),
+        "kcptun tuned": lambda: bulk_kcptun("tuned", seconds),
+        "aioquic (1 stream)": lambda: bulk_quic(quic_bytes, tmp),
+    }
+    raw: dict[str, list[dict]] = {k: [] for k in contenders}
+    for r in range(runs):
+        for name, fn in contenders.items():
+            try:
+                res = fn()
+            except Exception as exc:  # a contender failing must not stop the others
+                res = {"error": f"{type(exc).__name__}: {exc}"}
+            raw[name].append(res)
+            shown = (f"{res['mbps']:9.1f} Mbit/s, {res['cpu_per_gb']:6.2f} CPU s/GB" if "error" not in res
+                     else "ERROR " + res["error"][:200])
+            log(f"  bulk run {r + 1}/{runs} {name:28s} {shown}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out: dict[str, dict[str, Any]] = {}
+    for name, rs in raw.items():
+        good = [x for x in rs if "error" not in x]
+        if not good:
+            out[name] = {"error": rs[-1].get("error", "failed"), "runs": 0}
+            continue
+        out[name] = {"mbps": median([x["mbps"] for x in good]),
+                     "cpu_per_gb": median([x["cpu_per_gb"] for x in good]),
+                     "runs": len(good), "all_mbps": [round(x["mbps"], 1) for x in good]}
+    return out
+
+
+def profile_tou(nbytes: int, top: int = 12) -> dict[str, str]:
+    """One tou bulk transfer with both processes under cProfile: top functions by own time."""
+    tmp = Path(tempfile.mkdtemp(prefix="toubench-prof-"))
+    res = bulk_tou(nbytes, profile_dir=tmp)
+    out = {"result": json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.items()})}
+    for side in ("connect", "listen"):
+        f = tmp / f"{side}.prof"
+        if not f.exists():
+            out[side] = "no profile written"
+            continue
+        buf = io.StringIO()
+        st = pstats.Stats(str(f), stream=buf)
+        st.sort_stats("tottime").print_stats(top)
+        out[side] = buf.getvalue()
+        # shares of the busy time: the event loop's wait in epoll is idle, not work
+        idle = sum(v[2] for (file, line, fn), v in st.stats.items() if "poll" in fn and "epoll" in fn)
+        busy = max(1e-9, st.total_tt - idle)
+        rows = [f"idle in epoll {100 * idle / st.total_tt:.0f}% of {st.total_tt:.1f} s"]
+        ranked = sorted(((k, v) for k, v in st.stats.items() if not ("poll" in k[2] and "epoll" in k[2])),
+                        key=lambda kv: -kv[1][2])
+        for (file, line, fn), (cc, nc, tt, ct, callers) in ranked[:6]:
+            rows.append(f"`{Path(file).name}:{fn}` {100 * tt / busy:.0f}%")
+        out[side + "_top"] = ", ".join(rows)
+    return out
+
+
+# ---------------------------------------------------------------- round trips
+def _pingpong(ps: Procs, port: int, n: int) -> dict[str, Any]:
+    p = tcp_peer(ps, "--timeout", "60", "pingpong", "127.0.0.1", str(port), "-n", str(n), "--size", "64")
+    res = read_json_line(p, 90)
+    ps.reap(p, 5) or ps.stop(p)
+    return res or {"error": "ping-pong failed: " + ps.stderr_tail(p)}
+
+
+def latency_suite(n: int = 1000, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    with Procs() as ps:
+        eport = free_port()
+        echo = tcp_peer(ps, "--timeout", "600", "echo", str(eport))
+        read_json_line(echo, 10)
+        out["direct TCP"] = _pingpong(ps, eport, n)
+        log(f"  64-byte RTT direct TCP: {out['direct TCP']}")
+        for mode in ("default", "tuned"):
+            try:
+                kport, lport = free_port(kind=2), free_port()
+                kc, ks = kcptun(ps, mode, server_listen=f"127.0.0.1:{kport}", target=f"127.0.0.1:{eport}",
+                                client_listen=f"127.0.0.1:{lport}", remote=f"127.0.0.1:{kport}")
+                out[f"kcptun {mode}"] = _pingpong(ps, lport, n)
+                ps.stop(kc)
+                ps.stop(ks)
+            except Exception as exc:
+                out[f"kcptun {mode}"] = {"error": str(exc)}
+            log(f"  64-byte RTT kcptun {mode}: {out[f'kcptun {mode}']}")
+        try:
+            uport, lport = free_port(kind=2), free_port()
+            fc, fs = tou_forward(ps, serve=f"127.0.0.1:{uport}", local=f"{lport}:127.0.0.1:{eport}",
+                                 peer=f"127.0.0.1:{uport}")
+            out["tou forward (warm)"] = _pingpong(ps, lport, n)
+            ps.stop(fc)
+            ps.stop(fs)
+        except Exception as exc:
+            out["tou forward (warm)"] = {"error": f"not available: {exc}"}
+        log(f"  64-byte RTT tou forward: {out['tou forward (warm)']}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--profile", action="store_true")
+    a = ap.parse_args()
+    res = bulk_suite(a.quick, a.runs)
+    for name, r in res.items():
+        print(name, r)
+    print(latency_suite())
+    if a.profile:
+        prof = profile_tou(150_000_000)
+        print(prof["result"])
+        print(prof["connect"])
+        print(prof["listen"])
+
+
+if __name__ == "__main__":
+    main()
