@@ -22,6 +22,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from toucli.tunnel import format_address
+
 SCHEMA_VERSION = 1
 HISTORY_SECONDS = 60.0          # how far back RTT/cwnd/rate histories reach
 CLOSED_LINGER = 10.0            # a closed connection stays listed this long
@@ -54,16 +56,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(name, str):
         return name
     return str(value)
-
-
-def format_address(addr: Any) -> str:
-    """``host:port`` (``[v6]:port``), IPv4-mapped IPv6 shown as IPv4."""
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host = str(addr[0])
-        if host.startswith("::ffff:") and "." in host:
-            host = host[7:]
-        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
-    return str(addr)
 
 
 def peer_address(peer: Any) -> Any:
