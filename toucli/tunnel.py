@@ -42,6 +42,7 @@ from toucli.stack.endpoint import Endpoint
 from toucli.stack.errors import LocalError
 from toucli.stack.events import Closed, Connected, Error, PeerClosed, Readable, Reset, Writable
 from toucli.stack.gue import PLAIN_HEADER, PLAIN_HEADER_LEN, GueHeader, parse_header
+from toucli.stack.pmtu import BASE_PLPMTU_V4, BASE_PLPMTU_V6, Plpmtud
 from toucli.stack.segment import Segment
 from toucli.stack.tcp import TcpDrop, decode_segment, encode_segment
 from toucli.udp import Address, UdpSocket
@@ -54,7 +55,10 @@ PATH_MTU = 1500
 TCP_HEADER = 20
 TCP_OPTIONS_HEADROOM = 40
 DEFAULT_KEEPALIVE = 30.0     # seconds until a silent peer is declared dead
+DEFAULT_CC = "bbr"           # the runtime's congestion control (README "Congestion control")
 CLOSE_TIMEOUT = 2.0          # graceful close on a signal: how long FINs may take
+PMTU_TICK = 0.5              # seconds between path-MTU timer checks (probe timeouts, black holes)
+PMTU_PROBE_TIMEOUT = 2.0     # a probe unanswered this long is lost (RFC 8899 PROBE_TIMER)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -83,15 +87,30 @@ def mss_for(family: int, transport_overhead: int, mtu: int = PATH_MTU) -> int:
     return mtu - ip - 8 - transport_overhead - TCP_HEADER - TCP_OPTIONS_HEADROOM
 
 
+def cc_names() -> list[str]:
+    """Congestion controllers ``--cc`` accepts (the engine's registry)."""
+    from toucli.stack import cc
+    return cc.names()
+
+
 def engine_config(family: int, transport_overhead: int, *, keepalive: float = DEFAULT_KEEPALIVE,
-                  buffer: int | None = None) -> ConnectionConfig:
+                  buffer: int | None = None, cc: str | None = None, mtu: int | None = None,
+                  fast_open: bool = False) -> ConnectionConfig:
     """A :class:`ConnectionConfig` for a tunnel: MSS from the path, dead peers found within ``keepalive`` s.
+
+    ``cc`` names the congestion controller (default :data:`DEFAULT_CC`; unknown:
+    TunnelError, exit 2). ``mtu`` is the path MTU (``--mtu``; default 1500, the
+    upper bound path-MTU discovery may reach). ``fast_open`` turns on RFC 7413.
 
     Keepalive (RFC 9293 §3.8.4) probes after ``keepalive/2`` s of silence, then three
     times ``keepalive/6`` s apart; data left unacknowledged for ``keepalive`` s also
     fails the connection (the user timeout, RFC 9293 §3.8.3), but never sooner than 10 s.
     """
-    cfg = ConnectionConfig(mss=mss_for(family, transport_overhead))
+    name = (cc or DEFAULT_CC).lower()
+    if name not in cc_names():
+        raise TunnelError(f"unknown congestion control {cc!r} (known: {', '.join(cc_names())})", EXIT_USAGE)
+    cfg = ConnectionConfig(mss=mss_for(family, transport_overhead, mtu or PATH_MTU),
+                           congestion_control=name, fast_open=fast_open)
     if keepalive > 0:
         cfg.keepalive_idle = keepalive / 2
         cfg.keepalive_interval = keepalive / 6
@@ -400,6 +419,27 @@ class Channel:
             self.connected.exception()
 
 
+# ----------------------------------------------------------- path MTU
+class PathMtu:
+    """Path-MTU discovery for one peer (RFC 8899): the :class:`Plpmtud` machine and its probes.
+
+    Sizes are UDP payloads. A probe is a TCP segment of one of the peer's
+    connections carrying already-acknowledged sequence space
+    (:meth:`Connection.mtu_probe`), padded so that the datagram, with the
+    transport's header (GUE, or GUE and a DTLS record), is exactly the size to
+    test; the peer's D-SACK acknowledges it (RFC 8899 §4.1). Both transports
+    carry it unchanged, and the peer's byte stream never sees it.
+    """
+
+    def __init__(self, peer: Hashable, now: float, max_plpmtu: int, ipv6: bool) -> None:
+        base = BASE_PLPMTU_V6 if ipv6 else BASE_PLPMTU_V4
+        self.peer = peer
+        self.pm = Plpmtud(now, max_plpmtu=max(max_plpmtu, base), ipv6=ipv6, base=min(base, max_plpmtu),
+                          probe_timeout=PMTU_PROBE_TIMEOUT)
+        self.probe: tuple[Connection, int] | None = None   # connection and size of the probe in flight
+        self.rtos: dict[Connection, tuple[int, int]] = {}    # per connection: (rto_count, bytes_acked) seen
+
+
 # ------------------------------------------------------------------- tunnel
 class Tunnel:
     """The runtime for one UDP socket: transport, engine, timer and channels."""
@@ -407,7 +447,8 @@ class Tunnel:
     def __init__(self, usock: UdpSocket, transport: Transport, config: ConnectionConfig, *,
                  on_accept: Callable[[Channel], None] | None = None,
                  on_event: Callable[[Any], None] | None = None,
-                 secret: bytes | None = None) -> None:
+                 secret: bytes | None = None, pmtu: bool = False) -> None:
+        """``pmtu``: discover the path MTU per peer (without it the MSS stays ``config.mss``)."""
         self.loop = asyncio.get_running_loop()
         self.usock = usock
         self.transport = transport
@@ -424,6 +465,10 @@ class Tunnel:
         self._rx: list[tuple[Hashable, Segment]] = []
         self._counts: dict[tuple, int] = {}
         self.udp_error: OSError | None = None
+        self.pmtu = pmtu
+        self.paths: dict[Hashable, PathMtu] = {}
+        self._probing: list[PathMtu] = []
+        self._pmtu_timer: asyncio.TimerHandle | None = None
         self.loop.add_reader(usock.fileno(), self._on_readable)
         usock.on_blocked = self._on_blocked
 
@@ -434,11 +479,15 @@ class Tunnel:
     def unlisten(self, port: int = STREAM_PORT) -> None:
         self.ep.unlisten(port)
 
-    def connect(self, addr: Address, remote_port: int = STREAM_PORT, *, peer: Hashable | None = None) -> Channel:
+    def connect(self, addr: Address, remote_port: int = STREAM_PORT, *, peer: Hashable | None = None,
+                data: bytes = b"") -> Channel:
         """Open an inner connection to ``addr`` (``Channel.connected`` resolves on the handshake).
 
         ``peer``: reuse an open transport peer (a secure session, or ``Channel.peer``
         of an accepted connection) instead of opening a new one to ``addr``.
+        ``data``: the first bytes to send; with Fast Open on (``config.fast_open``)
+        and a cookie from an earlier connection to the same peer they ride in the
+        SYN (RFC 7413 §3), else they follow the handshake. They count as written.
         """
         now = self.loop.time()
         if peer is None:
@@ -448,8 +497,9 @@ class Tunnel:
             lport = random.randint(49152, 65535)
             if lport not in used:
                 break
-        conn = self.ep.connect(peer, lport, remote_port, now)
+        conn = self.ep.connect(peer, lport, remote_port, now, data=data)
         ch = Channel(self, conn)
+        ch.bytes_out = len(data)
         self.channels[conn] = ch
         self.kick()
         return ch
@@ -487,6 +537,8 @@ class Tunnel:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._pmtu_timer is not None:
+            self._pmtu_timer.cancel()
         try:
             self.loop.remove_reader(self.usock.fileno())
             self.loop.remove_writer(self.usock.fileno())
@@ -571,6 +623,8 @@ class Tunnel:
             self._output(now)
             if not self._dispatch():
                 break
+        if self._probing:
+            self._pmtu_poll(now)
         if self._closing:
             for ch in list(self._closing):
                 if ch.finished:
@@ -598,6 +652,8 @@ class Tunnel:
                 if ch is not None:
                     ch._wake("w")
             elif isinstance(ev, Connected):
+                if self.pmtu:
+                    self._pmtu_connected(conn)
                 if ch is None:
                     ch = Channel(self, conn)
                     self.channels[conn] = ch
@@ -669,11 +725,150 @@ class Tunnel:
         self.transport.handle_timer(now)
         self._service(now)
 
+    # ---- path MTU (RFC 8899)
+    def mss_for_datagram(self, size: int) -> int:
+        """The ``set_mss`` argument for UDP payloads of ``size`` bytes (as :func:`mss_for` counts)."""
+        return size - self.transport.overhead - TCP_HEADER - TCP_OPTIONS_HEADROOM
+
+    def _pmtu_connected(self, conn: Connection) -> None:
+        """A connection is up: it uses its peer's current PLPMTU, and the peer's search starts."""
+        peer = conn.peer
+        path = self.paths.get(peer)
+        now = self.loop.time()
+        if path is None:
+            ipv6 = self.usock.family == socket.AF_INET6
+            largest = self.config.mss + self.transport.overhead + TCP_HEADER + TCP_OPTIONS_HEADROOM
+            path = self.paths[peer] = PathMtu(peer, now, largest, ipv6)
+        conn.set_mss(self.mss_for_datagram(path.pm.plpmtu))
+        path.rtos[conn] = (conn.rto_count, conn.bytes_acked)
+        self._pmtu_probe(path, now)
+        if self._pmtu_timer is None:
+            self._pmtu_timer = self.loop.call_later(PMTU_TICK, self._pmtu_tick)
+
+    def _pmtu_conn(self, path: PathMtu) -> Connection | None:
+        """A connection of ``path``'s peer able to carry a probe."""
+        for conn in path.rtos:
+            if conn.state in (State.ESTABLISHED, State.CLOSE_WAIT) and conn.sack_ok:
+                return conn
+        return None
+
+    def _pmtu_probe(self, path: PathMtu, now: float) -> None:
+        """Send the probe the machine asks for, if any, on one of the peer's connections."""
+        if path.probe is not None or self._closed:
+            return
+        conn = self._pmtu_conn(path)
+        if conn is None:
+            return
+        size = path.pm.probe_size(now)
+        if size is None:
+            self._pmtu_apply(path)
+            return
+        fixed = self.transport.overhead + TCP_HEADER + (12 if conn.ts_ok else 0)
+        n = size - fixed
+        datagram = None
+        for _ in range(2):                     # the transport's size may differ from the estimate
+            seg = conn.mtu_probe(n, now)
+            d = self.transport.encode(conn.peer, seg) if seg is not None else None
+            if d is None:
+                break
+            if len(d[0]) == size:
+                datagram = d
+                break
+            n += size - len(d[0])
+        path.probe = (conn, size)
+        if path not in self._probing:
+            self._probing.append(path)
+        if datagram is None or not self.usock.send_probe(*datagram):
+            path.probe = None                  # refused locally (EMSGSIZE): lost at once
+            path.pm.probe_lost(size, now)
+            self._pmtu_apply(path)
+
+    def _pmtu_poll(self, now: float) -> None:
+        """After input: answered probes move the search on."""
+        for path in list(self._probing):
+            if path.probe is None:
+                self._probing.remove(path)
+                continue
+            conn, size = path.probe
+            if conn.mtu_probe_answered:
+                conn.mtu_probe_answered = False
+                path.probe = None
+                self._probing.remove(path)
+                path.pm.probe_acked(size, now)
+                self._pmtu_apply(path)
+                self._pmtu_probe(path, now)
+
+    def _pmtu_apply(self, path: PathMtu) -> None:
+        """The PLPMTU moved: every connection of the peer follows (RFC 8899 §5.3)."""
+        if not path.pm.changed:
+            return
+        path.pm.changed = False
+        mss = self.mss_for_datagram(path.pm.plpmtu)
+        for conn in path.rtos:
+            conn.set_mss(mss)
+        self.kick()
+
+    def _pmtu_tick(self) -> None:
+        """Every PMTU_TICK s: probe timeouts, the raise timer, black-hole detection (RFC 8899 §4.3)."""
+        self._pmtu_timer = None
+        if self._closed:
+            return
+        now = self.loop.time()
+        for peer, path in list(self.paths.items()):
+            for conn in list(path.rtos):
+                if conn.state == State.CLOSED or conn.state == State.TIME_WAIT:
+                    del path.rtos[conn]
+                    continue
+                rtos, acked = path.rtos[conn]
+                if conn.rto_count > rtos and conn.flight:
+                    for _ in range(conn.rto_count - rtos):
+                        path.pm.full_size_lost(now)
+                elif conn.bytes_acked > acked:
+                    path.pm.full_size_acked(now)
+                path.rtos[conn] = (conn.rto_count, conn.bytes_acked)
+            if not path.rtos:
+                if path.probe is not None and path in self._probing:
+                    self._probing.remove(path)
+                del self.paths[peer]           # nothing left to probe with; a new connection starts over
+                continue
+            if path.probe is not None:
+                conn, size = path.probe
+                deadline = path.pm.next_deadline()
+                if conn.state == State.CLOSED or (deadline is not None and now >= deadline):
+                    path.probe = None
+                    path.pm.probe_lost(size, now)
+            else:
+                deadline = path.pm.next_deadline()
+                if deadline is not None and now >= deadline:
+                    path.pm.handle_timer(now)
+            self._pmtu_apply(path)
+            self._pmtu_probe(path, now)
+        if self.paths:
+            self._pmtu_timer = self.loop.call_later(PMTU_TICK, self._pmtu_tick)
+
+    def peer_plpmtu(self, peer: Hashable) -> int | None:
+        """The UDP payload size in use towards ``peer`` (None: no discovery for it)."""
+        path = self.paths.get(peer)
+        return path.pm.plpmtu if path is not None else None
+
+    @property
+    def path_mtu(self) -> int:
+        """The path MTU (IP packet bytes) in use: ``--mtu``, else the largest one discovery
+        settled on among the peers, else the upper bound 1500 (shown by the statistics)."""
+        ip_udp = 48 if self.usock.family == socket.AF_INET6 else 28
+        sizes = [p.pm.plpmtu for p in self.paths.values()]
+        if sizes:
+            return max(sizes) + ip_udp
+        return self.config.mss + self.transport.overhead + TCP_HEADER + TCP_OPTIONS_HEADROOM + ip_udp
+
     def stats(self) -> dict:
         u = self.usock
         return {"datagrams_in": u.datagrams_in, "datagrams_out": u.datagrams_out,
                 "recv_calls": u.recv_calls, "send_calls": u.send_calls, "send_drops": u.send_drops,
-                "gso": u.gso, "gro": u.gro, **self.ep.stats()}
+                "gso": u.gso, "gro": u.gro, "path_mtu": self.path_mtu,
+                "pmtu_probes": sum(p.pm.probes_sent for p in self.paths.values()),
+                "pmtu_black_holes": sum(p.pm.black_holes for p in self.paths.values()),
+                **self.ep.stats()}
 
 
 # ------------------------------------------------------------ local streams

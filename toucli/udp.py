@@ -17,6 +17,10 @@ Linux offloads (``udp(7)``, kernel >= 4.18 / 5.0):
 
 Both are probed when the socket is opened and switched off for good the first
 time the kernel refuses them, after which the plain path is used.
+
+Datagrams leave with the don't-fragment bit (``IP_PMTUDISC_PROBE``, ``ip(7)``):
+never fragmented, and not limited by the kernel's cached path MTU either, so
+the runtime's own path-MTU discovery (RFC 8899) learns what really gets through.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ GSO_MAX_BYTES = 65000      # the super-packet must fit one IP packet (64 KiB min
 RECV_BUFFER = 65536        # a GRO buffer holds up to 64 KiB
 SOCKET_BUFFER = 4 << 20    # requested SO_RCVBUF / SO_SNDBUF
 PENDING_LIMIT = 4096       # datagrams queued while the socket would block; beyond: dropped (UDP)
+IP_MTU_DISCOVER = 10       # linux/in.h
+IPV6_MTU_DISCOVER = 23     # linux/in6.h
+PMTUDISC_PROBE = 3         # IP_PMTUDISC_PROBE / IPV6_PMTUDISC_PROBE: DF set, the PMTU cache ignored
 
 _U16 = struct.Struct("=H")
 _INT = struct.Struct("=i")
@@ -66,6 +73,7 @@ class UdpSocket:
         self.recv_calls = 0
         self.send_calls = 0
         self.send_drops = 0
+        self.df = _set_dont_fragment(sock)
         _grow_buffers(sock)
 
     # -------------------------------------------------------------- set-up
@@ -187,6 +195,22 @@ class UdpSocket:
                 raise
             i = j
 
+    def send_probe(self, data: bytes, addr: Address) -> bool:
+        """Send one path-MTU probe now; False when the local stack refuses its size (EMSGSIZE).
+
+        A probe that would block, or that any other error stops, counts as sent
+        (the probe timer declares it lost): it must not wait behind a queue.
+        """
+        try:
+            self._send_one(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.send_drops += 1
+        except OSError as exc:
+            self.send_drops += 1
+            if exc.errno == errno.EMSGSIZE:
+                return False
+        return True
+
     def _send_one(self, data: bytes, addr: Address) -> None:
         if self.connected_to is not None:
             self.sock.send(data)
@@ -245,6 +269,21 @@ def _enable_gro(sock: socket.socket) -> bool:
         return bool(sock.getsockopt(SOL_UDP, UDP_GRO))
     except OSError:
         return False
+
+
+def _set_dont_fragment(sock: socket.socket) -> bool:
+    """DF on every datagram (both families on a dual-stack socket); False where unsupported."""
+    levels = [(socket.IPPROTO_IP, IP_MTU_DISCOVER)]
+    if sock.family == socket.AF_INET6:
+        levels.insert(0, (socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER))
+    ok = False
+    for level, opt in levels:
+        try:
+            sock.setsockopt(level, opt, PMTUDISC_PROBE)
+            ok = True
+        except OSError:
+            pass
+    return ok
 
 
 def _grow_buffers(sock: socket.socket) -> None:

@@ -24,8 +24,8 @@ import click
 from toucli import config as configuration
 from toucli.commands.stats import ObserveOptions, Observer, observe_options
 from toucli.tunnel import (
-    DEFAULT_KEEPALIVE, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Channel, FdStream, PlainTransport, Signals,
-    Transport, Tunnel, TunnelError, engine_config, format_address, run, splice,
+    DEFAULT_CC, DEFAULT_KEEPALIVE, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Channel, FdStream, PlainTransport,
+    Signals, Transport, Tunnel, TunnelError, cc_names, engine_config, format_address, run, splice,
 )
 from toucli.udp import UdpSocket
 
@@ -52,6 +52,21 @@ class Duration(click.ParamType):
 
 DURATION = Duration()
 PORT = click.IntRange(1, 65535)
+MTU = click.IntRange(576, 65535)   # 576: the smallest IPv4 datagram every host must take
+
+
+def transport_options(fn: Callable) -> Callable:
+    """Options of the TCP inside the tunnel: congestion control and path MTU (every tunnel command)."""
+    decorators = [
+        opt("--cc", type=click.Choice(cc_names(), case_sensitive=False), metavar="NAME",
+            help=f"Congestion control: {', '.join(cc_names())} (default {DEFAULT_CC})."),
+        opt("--mtu", type=MTU, metavar="N",
+            help="Path MTU in bytes (IP packet size): fixes the segment size and turns path-MTU "
+                 "discovery off (default: discover, up to 1500)."),
+    ]
+    for d in reversed(decorators):
+        fn = d(fn)
+    return fn
 
 
 def opt(*decls: str, **kw: Any) -> Callable:
@@ -85,7 +100,7 @@ def common_options(fn: Callable) -> Callable:
     ]
     for d in reversed(decorators):
         fn = d(fn)
-    return fn
+    return transport_options(fn)
 
 
 def session_options(fn: Callable) -> Callable:
@@ -123,6 +138,8 @@ class Settings:
     secret_file: str | None = None
     key_file: str | None = None
     observe: ObserveOptions | None = None    # --stats, --stats-json, --name, --pcap
+    cc: str | None = None                    # --cc (None: the runtime default, DEFAULT_CC)
+    mtu: int | None = None                   # --mtu (None: path-MTU discovery)
 
     def info(self, message: str, level: int = 1) -> None:
         if self.verbose >= level and not self.quiet:
@@ -154,7 +171,8 @@ def settings_from(ctx: click.Context) -> Settings:
                  exec_=p.get("exec_"), sh_exec=p.get("sh_exec"), idle_timeout=p.get("idle_timeout"),
                  linger=p.get("linger"), recv_only=bool(p.get("recv_only")), peer_key=p.get("peer_key"),
                  authorized_keys=p.get("authorized_keys"), secret_file=p.get("secret_file"),
-                 key_file=p.get("key_file"), observe=ObserveOptions.from_params(p))
+                 key_file=p.get("key_file"), observe=ObserveOptions.from_params(p),
+                 cc=p.get("cc"), mtu=p.get("mtu"))
     if s.exec_ is not None:
         try:
             argv = shlex.split(s.exec_)
@@ -361,7 +379,8 @@ async def _connect(sig: Signals, s: Settings, transport: Transport, host: str, p
     obs = Observer(s.observe or ObserveOptions(), "connect", stdin_is_payload=s.argv is None and not s.recv_only,
                    warn=s.warn)
     tunnel = Tunnel(usock, obs.tap(transport, usock),
-                    engine_config(family, transport.overhead, keepalive=s.keepalive))
+                    engine_config(family, transport.overhead, keepalive=s.keepalive, cc=s.cc, mtu=s.mtu),
+                    pmtu=s.mtu is None)
     try:
         await obs.start(tunnel)
         s.info(f"connecting to {format_address(addr)} ({transport.name})")

@@ -18,11 +18,12 @@ from typing import Any
 
 import click
 
-from toucli.commands.connect import DURATION, finish, opt
+from toucli.commands.connect import DURATION, MTU, finish, opt
 from toucli.commands.stats import ObserveOptions, Observer
 from toucli.link import Link
 from toucli.tunnel import (
-    EXIT_FAILURE, EXIT_OK, Channel, PlainTransport, Signals, Tunnel, TunnelError, engine_config, run,
+    DEFAULT_CC, EXIT_FAILURE, EXIT_OK, Channel, PlainTransport, Signals, Tunnel, TunnelError, cc_names,
+    engine_config, run,
 )
 from toucli.udp import Address, UdpSocket
 
@@ -46,6 +47,11 @@ class LinkedUdpSocket(UdpSocket):
             self.dest = addr
             self.link.send(data, now)
         self._arm(loop)
+
+    def send_probe(self, data: bytes, addr: Address) -> bool:
+        """Path-MTU probes cross the emulated path like any datagram."""
+        self.send([(data, addr)])
+        return True
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         t = self.link.next_delivery()
@@ -75,6 +81,10 @@ class LinkedUdpSocket(UdpSocket):
      help="Bottleneck rate per direction, Mbit/s (default: unlimited).")
 @opt("--seconds", type=DURATION, default=5.0, show_default=True, metavar="N", help="How long to send.")
 @opt("--seed", type=int, default=1, show_default=True, help="Seed of the data and of the emulated loss.")
+@opt("--cc", type=click.Choice(cc_names(), case_sensitive=False), metavar="NAME",
+     help=f"Congestion control: {', '.join(cc_names())} (default {DEFAULT_CC}).")
+@opt("--mtu", type=MTU, metavar="N",
+     help="Path MTU in bytes: fixes the segment size, no path-MTU discovery (default: discover).")
 @opt("--stats/--no-stats", default=None,
      help="Show the live statistics dashboard on stderr (default: when stderr is a terminal).")
 @opt("-v", "--verbose", count=True, help="Also print transport counters.")
@@ -130,19 +140,20 @@ async def _demo(sig: Signals, p: dict) -> int:
         # Keep the tail short: what sits in buffers after --seconds still has to cross the path.
         bdp = int(p["rate"] * 1e6 / 8 * max(p["rtt"], 20.0) / 1000.0)
         buffer = max(4 * bdp, 256 << 10)
-    cfg = engine_config(socket.AF_INET, PlainTransport.overhead, buffer=buffer)
+    cfg = engine_config(socket.AF_INET, PlainTransport.overhead, buffer=buffer, cc=p.get("cc"), mtu=p.get("mtu"))
+    pmtu = p.get("mtu") is None
     accepted: asyncio.Future[Channel] = loop.create_future()
 
     def on_accept(ch: Channel) -> None:
         if not accepted.done():
             accepted.set_result(ch)
 
-    server = Tunnel(b_sock, PlainTransport(), cfg, on_accept=on_accept)
+    server = Tunnel(b_sock, PlainTransport(), cfg, on_accept=on_accept, pmtu=pmtu)
     server.listen()
     tty = sys.stderr.isatty()
     dashboard = tty if p.get("stats") is None else bool(p["stats"])
     obs = Observer(ObserveOptions(stats=dashboard), "demo", stdin_is_payload=False)
-    client = Tunnel(a_sock, obs.tap(PlainTransport(), a_sock), cfg)
+    client = Tunnel(a_sock, obs.tap(PlainTransport(), a_sock), cfg, pmtu=pmtu)
     try:
         await obs.start(client)
         ch = client.connect(b_sock.local_address())
@@ -166,6 +177,7 @@ async def _demo(sig: Signals, p: dict) -> int:
     print(f"tou demo ({_describe_path(p)}): {received / 1e6:.1f} MB in {elapsed:.2f} s, "
           f"goodput {rate:.1f} Mbit/s, {retrans} retransmitted segments ({share:.2f}%), {verdict}")
     if p.get("verbose"):
+        print(f"  congestion control: {cfg.congestion_control}", file=sys.stderr)
         for name, t in (("sender", client), ("receiver", server)):
             print(f"  {name}: {t.stats()}", file=sys.stderr)
     return EXIT_OK if ok else EXIT_FAILURE

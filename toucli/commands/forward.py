@@ -145,7 +145,8 @@ async def _serve(sig: Signals, s: Settings, transport: Transport, addr: str | No
     usock = bind_udp(s, addr, port)
     obs = Observer(s.observe or ObserveOptions(), "forward", stdin_is_payload=False, warn=s.warn)
     tunnel = Tunnel(usock, obs.tap(transport, usock),
-                    engine_config(usock.family, transport.overhead, keepalive=s.keepalive))
+                    engine_config(usock.family, transport.overhead, keepalive=s.keepalive, cc=s.cc,
+                                  mtu=s.mtu, fast_open=True), pmtu=s.mtu is None)
     log = _log(s)
     server = ForwardServer(tunnel, permits, log, allow_listen=allow_listen, dial_timeout=wait)
     log.info(f"serving forwards on UDP {format_address(usock.local_address())} ({transport.name}); "
@@ -173,7 +174,8 @@ async def _client(sig: Signals, s: Settings, transport: Transport, host: str, po
         raise TunnelError(f"cannot open a UDP socket to {format_address(addr)}: {exc.strerror}") from None
     obs = Observer(s.observe or ObserveOptions(), "forward", stdin_is_payload=False, warn=s.warn)
     tunnel = Tunnel(usock, obs.tap(transport, usock),
-                    engine_config(family, transport.overhead, keepalive=s.keepalive))
+                    engine_config(family, transport.overhead, keepalive=s.keepalive, cc=s.cc, mtu=s.mtu,
+                                  fast_open=True), pmtu=s.mtu is None)
     log = _log(s)
     link = Link(tunnel, addr, log, secure=not isinstance(transport, PlainTransport))
     client = ForwardClient(tunnel, link, log, wait=wait, gateway=gateway)

@@ -135,8 +135,8 @@ async def _listen(sig: Signals, s: Settings, transport: Transport, addr: str | N
     obs = Observer(s.observe or ObserveOptions(), "listen",
                    stdin_is_payload=not keep and s.argv is None and not s.recv_only, warn=s.warn)
     tunnel = Tunnel(usock, obs.tap(transport, usock),
-                    engine_config(family, transport.overhead, keepalive=s.keepalive),
-                    on_accept=on_accept, on_event=on_event)
+                    engine_config(family, transport.overhead, keepalive=s.keepalive, cc=s.cc, mtu=s.mtu),
+                    on_accept=on_accept, on_event=on_event, pmtu=s.mtu is None)
     tunnel.listen()
     s.info(f"listening on UDP {format_address(usock.local_address())} ({transport.name})")
     try:

@@ -244,6 +244,11 @@ class Connection:
         self.dsacks_in = 0
         self.spurious_undos = 0
         self.pacing_waits = 0
+        self.limited_by = "app"      # what stopped the last send decision: app, rwnd, cwnd or pacing
+        # --- path-MTU probes (RFC 8899 §4.1 over TCP: answered by a D-SACK) ---
+        self._mtu_probe: tuple[int, int] | None = None   # wire (left, right) of the probe in flight
+        self.mtu_probe_answered = False   # set when its D-SACK came; the runtime clears it
+        self.mtu_probes_sent = 0
 
     # ------------------------------------------------------------------ helpers
     def __repr__(self) -> str:
@@ -457,6 +462,34 @@ class Connection:
         self.eff_mss = eff
         self.cc.set_mss(eff)
         return eff
+
+    def mtu_probe(self, payload_len: int, now: float) -> Segment | None:
+        """A path-MTU probe: ``payload_len`` octets of already-acknowledged sequence space.
+
+        The probe carries sequence numbers ``[SND.UNA - payload_len, SND.UNA)`` (zeros
+        as data), so the peer finds it wholly duplicate, discards it, and answers at
+        once with an ACK whose D-SACK block (RFC 2883 §4) names exactly that range: the
+        acknowledgment of the probe RFC 8899 §4.1 needs, with no change to the byte
+        stream. That D-SACK sets :attr:`mtu_probe_answered` and is not taken as a
+        sign of reordering or spurious retransmission. The header is 20 octets plus
+        12 of timestamps when negotiated, never SACK blocks. None when the connection
+        is not synchronized or has no SACK (the peer would not answer).
+        """
+        if self.state not in _SYNCHRONIZED or self.state == State.TIME_WAIT:
+            return None
+        if not self.sack_ok or payload_len < 1:
+            return None
+        right = (self.iss + self.snd_una) & MASK
+        left = (right - payload_len) & MASK
+        seg = Segment(self.local_port, self.remote_port, left, (self.irs + self.rcv_nxt) & MASK,
+                      ACK, self._wnd_field(), bytes(payload_len))
+        if self.ts_ok:
+            seg.tsval = (int(now * 1000.0) + self._ts_offset) & MASK
+            seg.tsecr = self.ts_recent
+        self._mtu_probe = (left, right)
+        self.mtu_probe_answered = False
+        self.mtu_probes_sent += 1
+        return seg
 
     def shutdown(self) -> None:
         """Half-close: a FIN follows the data already queued (RFC 9293 §3.10.4)."""
@@ -865,6 +898,10 @@ class Connection:
         sacked = self.sacked
         new: list[tuple[int, int]] = []
         for i, (left, right) in enumerate(blocks):
+            if i == 0 and self._mtu_probe is not None and (left, right) == self._mtu_probe:
+                self._mtu_probe = None          # a path-MTU probe's answer, not a duplicate
+                self.mtu_probe_answered = True
+                continue
             a = base + seq_sub(left, base_wire)
             b = base + seq_sub(right, base_wire)
             if b <= a or b > self.snd_max:
@@ -927,8 +964,10 @@ class Connection:
 
     def _ack_advanced(self, ack: int, acked: int, seg: Segment, now: float) -> None:
         """New data acknowledged (RFC 9293 §3.10.7.4, RFC 6298 §5.3, RFC 5681)."""
+        fin_off = self.fin_off
+        # bytes_acked counts payload only: the FIN's sequence number is not a byte (the SYN's never gets here)
+        self.bytes_acked += acked - 1 if fin_off is not None and self.snd_una <= fin_off < ack else acked
         self.snd_una = ack
-        self.bytes_acked += acked
         self.delivered += acked
         self.delivered_ts = now
         self._last_progress = now
@@ -1595,8 +1634,10 @@ class Connection:
             if lost.total:
                 forced = self._rxt_now
                 if room < mss and pipe > 0 and not forced:
+                    self.limited_by = "cwnd"
                     break
                 if pacer is not None and pacer.tokens <= 0 and not forced:
+                    self.limited_by = "pacing"
                     self._pace_wait(now)
                     break
                 a = lost.low
@@ -1611,6 +1652,8 @@ class Connection:
                 continue
             # 2. New data, and the FIN once all data is out.
             unsent = data_end - self.snd_max
+            if unsent <= 0:
+                self.limited_by = "app"
             if unsent < 0:
                 break   # FIN already sent
             if unsent == 0:
@@ -1624,6 +1667,8 @@ class Connection:
                 break
             wnd_room = self.snd_wnd_edge - self.snd_max
             usable = min(unsent, wnd_room, room)
+            if usable < mss and usable < unsent:
+                self.limited_by = "rwnd" if wnd_room <= room else "cwnd"
             if usable <= 0:
                 if wnd_room <= 0 and self.flight == 0 and self.persist_deadline is None:
                     self._arm_persist(now)
@@ -1639,8 +1684,11 @@ class Connection:
             else:
                 if unsent < mss and not lost.total:
                     self._app_limited_until = max(self.delivered + pipe, 1)
+                if usable == unsent:
+                    self.limited_by = "app"   # Nagle holds a small tail back
                 break
             if pacer is not None and pacer.tokens <= 0:
+                self.limited_by = "pacing"
                 self._pace_wait(now)
                 break
             a = self.snd_max
@@ -1826,6 +1874,12 @@ class Connection:
         self.persist_deadline = now + min(base * (1 << min(self._persist_backoff, 16)), cfg.persist_max)
 
     # ------------------------------------------------------------------- stats
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes the application queued that have not been sent once yet (``tcpi_notsent_bytes``)."""
+        end = self.snd_buf_start + len(self.snd_buf)
+        return max(0, end - max(self.snd_max, self.snd_buf_start))
+
     def stats(self) -> dict:
         """A TCP_INFO-like snapshot."""
         r = self.rtt
@@ -1846,6 +1900,8 @@ class Connection:
             "rcv_space": self.rcv_space,
             "bytes_sent": self.bytes_sent,
             "bytes_acked": self.bytes_acked,
+            "unsent_bytes": self.unsent_bytes,
+            "limited_by": self.limited_by,
             "bytes_received": self.bytes_received,
             "bytes_retrans": self.bytes_retrans,
             "segs_out": self.segs_out,
@@ -1863,6 +1919,7 @@ class Connection:
             "rack_reo_wnd_mult": self.rack.reo_wnd_mult,
             "reordering_seen": self.rack.reordering_seen,
             "dsacks_in": self.dsacks_in,
+            "mtu_probes": self.mtu_probes_sent,
             "spurious_undos": self.spurious_undos,
             "pacing_rate": self.pacing_rate(),
             "pacing_waits": self.pacing_waits,

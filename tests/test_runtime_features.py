@@ -1,0 +1,370 @@
+"""Issue 6 in the runtime: --cc, --mtu and path-MTU discovery, Fast Open in forward, sender stats."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from click.testing import CliRunner
+
+from toucli import tunnel as tunnel_mod
+from toucli.cli import main
+from toucli.stack.config import ConnectionConfig
+from toucli.stack.endpoint import Endpoint
+from toucli.stack.events import Connected
+from toucli.stack.pmtu import PmtuState
+from toucli.tunnel import (
+    DEFAULT_CC, EXIT_USAGE, Channel, PlainTransport, Tunnel, TunnelError, engine_config, mss_for,
+)
+from toucli.udp import UdpSocket
+
+
+# ------------------------------------------------------------------ --cc / engine_config
+def test_engine_config_congestion_control_and_mtu() -> None:
+    assert DEFAULT_CC == "bbr"
+    assert engine_config(socket.AF_INET, 4).congestion_control == "bbr"
+    assert engine_config(socket.AF_INET, 4, cc="CUBIC").congestion_control == "cubic"
+    assert engine_config(socket.AF_INET, 4, cc="newreno").congestion_control == "newreno"
+    with pytest.raises(TunnelError) as err:
+        engine_config(socket.AF_INET, 4, cc="vegas")
+    assert err.value.exit_code == EXIT_USAGE and "bbr, cubic, newreno" in str(err.value)
+    assert engine_config(socket.AF_INET, 4).mss == mss_for(socket.AF_INET, 4) == 1408
+    assert engine_config(socket.AF_INET, 53, mtu=1280).mss == 1280 - 20 - 8 - 53 - 20 - 40
+    assert engine_config(socket.AF_INET, 4).fast_open is False
+    assert engine_config(socket.AF_INET, 4, fast_open=True).fast_open is True
+    assert ConnectionConfig().congestion_control == "cubic"     # the engine's own default is unchanged
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Run `tou connect` up to the runtime and keep its resolved settings."""
+    import importlib
+    connect_mod = importlib.import_module("toucli.commands.connect")
+
+    seen = {}
+    real = connect_mod.settings_from
+
+    def spy(ctx):
+        seen["s"] = real(ctx)
+        return seen["s"]
+
+    monkeypatch.setattr(connect_mod, "settings_from", spy)
+    monkeypatch.setattr(connect_mod, "run", lambda *a, **k: 0)
+    monkeypatch.delenv("TOU_CC", raising=False)
+    monkeypatch.delenv("TOU_MTU", raising=False)
+    return seen
+
+
+def _connect(args: list[str], env: dict | None = None):
+    return CliRunner().invoke(main, ["connect", "--insecure", "--quiet", *args, "127.0.0.1", "9"], env=env)
+
+
+def test_cc_precedence_cli_env_config_default(captured, tmp_path) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text('cc = "newreno"\nmtu = 1400\n')
+    r = _connect(["--config", str(conf)])
+    assert r.exit_code == 0, r.output
+    assert captured["s"].cc == "newreno" and captured["s"].mtu == 1400
+    r = _connect(["--config", str(conf)], env={"TOU_CC": "cubic"})
+    assert r.exit_code == 0 and captured["s"].cc == "cubic"
+    r = _connect(["--config", str(conf), "--cc", "bbr"], env={"TOU_CC": "cubic"})
+    assert r.exit_code == 0 and captured["s"].cc == "bbr"
+    r = _connect([], env={"XDG_CONFIG_HOME": str(tmp_path / "empty")})
+    assert r.exit_code == 0 and captured["s"].cc is None and captured["s"].mtu is None
+
+
+@pytest.mark.parametrize("command", [["connect", "--insecure", "127.0.0.1", "9"],
+                                     ["listen", "--insecure", "9"],
+                                     ["forward", "--insecure", "--serve", "9"],
+                                     ["demo"]])
+def test_unknown_cc_is_a_usage_error_naming_the_choices(command) -> None:
+    r = CliRunner().invoke(main, [command[0], "--cc", "vegas", *command[1:]])
+    assert r.exit_code == 2
+    assert "vegas" in r.output and "bbr" in r.output and "cubic" in r.output and "newreno" in r.output
+
+
+def test_mtu_out_of_range_and_bad_config_value_are_usage_errors(tmp_path) -> None:
+    r = CliRunner().invoke(main, ["connect", "--insecure", "--mtu", "100", "127.0.0.1", "9"])
+    assert r.exit_code == 2 and "--mtu" in r.output
+    conf = tmp_path / "c.toml"
+    conf.write_text('[connect]\ncc = "reno2"\n')
+    r = CliRunner().invoke(main, ["connect", "--insecure", "--config", str(conf), "127.0.0.1", "9"])
+    assert r.exit_code == 2 and "reno2" in r.output
+
+
+# ------------------------------------------------------------------ path-MTU probes in the engine
+def _pump(a: Endpoint, b: Endpoint, now: float, drop=lambda seg: False) -> None:
+    """Deliver what each endpoint sends to the other until both are quiet."""
+    for _ in range(50):
+        moved = False
+        for src, dst in ((a, b), (b, a)):
+            for peer, seg in src.segments_to_send(now):
+                moved = True
+                if not drop(seg):
+                    dst.receive("A" if src is a else "B", seg, now)
+        if not moved:
+            return
+
+
+def _established(**cfg) -> tuple[Endpoint, Endpoint, object, object]:
+    a = Endpoint(ConnectionConfig(**cfg), b"a" * 32)
+    b = Endpoint(ConnectionConfig(**cfg), b"b" * 32)
+    b.listen(1)
+    ca = a.connect("B", 40000, 1, 0.0)
+    _pump(a, b, 0.0)
+    cb = next(iter(b.connections.values()))
+    ca.send(b"x" * 5000)
+    _pump(a, b, 0.01)
+    assert cb.recv() == b"x" * 5000 and ca.snd_una == 5001
+    return a, b, ca, cb
+
+
+def test_mtu_probe_is_answered_by_a_dsack_and_counts_as_nothing_else() -> None:
+    a, b, ca, cb = _established()
+    seg = ca.mtu_probe(1300, 0.02)
+    assert len(seg.payload) == 1300 and seg.tsval is not None and seg.sack is None
+    assert seg.seq == (ca.iss + 5001 - 1300) & 0xFFFFFFFF
+    b.receive("A", seg, 0.02)
+    answers = [s for _, s in b.segments_to_send(0.02)]
+    assert len(answers) == 1 and answers[0].sack == ((seg.seq, (seg.seq + 1300) & 0xFFFFFFFF),)
+    assert cb.recv() == b"" and cb.stats()["dup_segs_in"] == 1     # the stream is unchanged
+    a.receive("B", answers[0], 0.03)
+    assert ca.mtu_probe_answered
+    st = ca.stats()
+    assert st["dsacks_in"] == 0 and not st["reordering_seen"] and st["mtu_probes"] == 1
+    # the stream goes on as before
+    ca.send(b"y" * 100)
+    _pump(a, b, 0.04)
+    assert cb.recv() == b"y" * 100
+
+
+def test_a_probe_reaches_below_the_initial_sequence_number() -> None:
+    """Probing needs no data sent yet: sequence space before the ISN is just as old."""
+    a = Endpoint(ConnectionConfig(), b"a" * 32)
+    b = Endpoint(ConnectionConfig(), b"b" * 32)
+    b.listen(1)
+    ca = a.connect("B", 40000, 1, 0.0)
+    _pump(a, b, 0.0)
+    seg = ca.mtu_probe(1400, 0.01)
+    b.receive("A", seg, 0.01)
+    for _, s in b.segments_to_send(0.01):
+        a.receive("B", s, 0.02)
+    assert ca.mtu_probe_answered and ca.stats()["dsacks_in"] == 0
+
+
+def test_no_probe_without_sack_or_before_the_handshake() -> None:
+    a = Endpoint(ConnectionConfig(), b"a" * 32)
+    ca = a.connect("B", 40000, 1, 0.0)
+    assert ca.mtu_probe(1000, 0.0) is None
+    a, b, ca, cb = _established(sack=False)
+    assert ca.mtu_probe(1000, 0.1) is None
+
+
+# ------------------------------------------------------------------ path-MTU discovery in the runtime
+class NarrowSocket(UdpSocket):
+    """Loopback UDP that silently drops datagrams longer than ``limit`` bytes (a router with DF set)."""
+
+    limit = 65535
+
+    data_dropped = 0
+    probes_dropped = 0
+
+    def send(self, datagrams):
+        keep = [(d, a) for d, a in datagrams if len(d) <= self.limit]
+        self.data_dropped += len(datagrams) - len(keep)
+        if keep:
+            super().send(keep)
+
+    def send_probe(self, data, addr) -> bool:
+        if len(data) > self.limit:
+            self.probes_dropped += 1
+            return True                       # gone without a trace
+        return super().send_probe(data, addr)
+
+
+def _narrow(limit: int) -> NarrowSocket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    u = NarrowSocket(s, gso=False)
+    u.limit = limit
+    return u
+
+
+async def _pmtu_pair(limit: int, transfer: int = 400_000):
+    cfg = engine_config(socket.AF_INET, PlainTransport.overhead)
+    accepted: asyncio.Queue[Channel] = asyncio.Queue()
+    server = Tunnel(_narrow(limit), PlainTransport(), cfg, on_accept=accepted.put_nowait, pmtu=True)
+    server.listen()
+    client = Tunnel(_narrow(limit), PlainTransport(), cfg, pmtu=True)
+    try:
+        ch = client.connect(server.usock.local_address())
+        await asyncio.wait_for(ch.connected, 5)
+        peer = await asyncio.wait_for(accepted.get(), 5)
+        data = bytes(range(256)) * (transfer // 256)
+        got = bytearray()
+
+        async def reader():
+            while len(got) < len(data):
+                chunk = await peer.read()
+                if not chunk:
+                    break
+                got.extend(chunk)
+
+        r = asyncio.ensure_future(reader())
+        await ch.write(data)
+        await asyncio.wait_for(r, 20)
+        assert bytes(got) == data
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10
+        paths = lambda: [t.paths.get(c.peer) for t, c in ((client, ch), (server, peer))]   # noqa: E731
+        while loop.time() < end and not all(p is not None and p.pm.state is PmtuState.SEARCH_COMPLETE
+                                             for p in paths()):
+            await asyncio.sleep(0.05)
+        return [(p.pm.plpmtu, p.pm.state, c.conn.eff_mss) for p, c in zip(paths(), (ch, peer))], client, server
+    finally:
+        client.close()
+        server.close()
+
+
+def test_discovery_finds_the_full_1500_byte_path_on_loopback() -> None:
+    result, client, server = asyncio.run(_pmtu_pair(65535))
+    for plpmtu, state, mss in result:
+        assert state is PmtuState.SEARCH_COMPLETE and plpmtu == 1472
+        assert mss == 1472 - 4 - 20 - 40 - 12          # GUE, TCP header, options headroom, timestamps
+    assert client.usock.df and server.usock.df
+    assert client.path_mtu == server.path_mtu == 1500 and client.stats()["pmtu_probes"] == 2   # base, then 1472
+
+
+def test_discovery_settles_below_a_narrow_path_and_data_flows(monkeypatch) -> None:
+    monkeypatch.setattr(tunnel_mod, "PMTU_PROBE_TIMEOUT", 0.2)
+    monkeypatch.setattr(tunnel_mod, "PMTU_TICK", 0.05)
+    result, client, server = asyncio.run(_pmtu_pair(1350))
+    for plpmtu, state, mss in result:
+        assert state is PmtuState.SEARCH_COMPLETE
+        assert 1350 - 16 <= plpmtu <= 1350
+        assert mss == plpmtu - 4 - 20 - 40 - 12
+    # data segments start at the base size (1200) and only grow to what probes confirmed
+    assert client.usock.data_dropped == server.usock.data_dropped == 0
+    assert client.usock.probes_dropped + server.usock.probes_dropped >= 3     # 1472 failed three times
+    assert client.path_mtu == result[0][0] + 28
+
+
+# ------------------------------------------------------------------ Fast Open in forward
+def _delayed_socket(delay: float):
+    import random
+
+    from toucli.commands.demo import LinkedUdpSocket
+    from toucli.link import Link as PathLink
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    return LinkedUdpSocket(s, PathLink(random.Random(1), delay))
+
+
+async def _forward_twice(rtt: float):
+    """A forward server and client (cleartext, Fast Open on as `tou forward` sets it) over a path
+    of ``rtt``; two CONNECTs to a local TCP target. Returns per connection: (time the client's
+    handshake completed, time the target accepted), both relative to the open() call."""
+    from toucli.forward import TYPE_CONNECT, ForwardClient, ForwardServer, Link, Log, Permits
+
+    loop = asyncio.get_running_loop()
+    cfg = engine_config(socket.AF_INET, PlainTransport.overhead, fast_open=True)
+    stunnel = Tunnel(_delayed_socket(rtt / 2), PlainTransport(), cfg, pmtu=True)
+    ForwardServer(stunnel, Permits([]), Log())
+    ctunnel = Tunnel(_delayed_socket(rtt / 2), PlainTransport(), cfg, pmtu=True)
+    addr = stunnel.usock.local_address()
+    link = Link(ctunnel, addr, Log(), secure=False)
+    client = ForwardClient(ctunnel, link, Log(), wait=5.0)
+    link.start()
+    accepted: asyncio.Queue[float] = asyncio.Queue()
+
+    async def target(reader, writer):
+        accepted.put_nowait(loop.time())
+        writer.write(await reader.read(5))
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(target, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    out = []
+    try:
+        for _ in range(2):
+            start = loop.time()
+            ch = await client.open(TYPE_CONNECT, "127.0.0.1", port)
+            conn_stats = ch.conn.stats()
+            t_accept = await asyncio.wait_for(accepted.get(), 5)
+            await ch.write(b"hello")
+            assert await ch.read() == b"hello"
+            out.append((conn_stats, t_accept - start))
+            ch.write_eof()
+            await asyncio.wait_for(ch.wait_closed(), 5)
+        return out, stunnel.ep.stats(), ctunnel.ep.stats()
+    finally:
+        srv.close()
+        link.close()
+        await client.close()
+        ctunnel.close()
+        stunnel.close()
+
+
+def test_forward_request_rides_in_the_syn_on_a_warm_session() -> None:
+    rtt = 0.2
+    (first, second), sstats, cstats = asyncio.run(_forward_twice(rtt))
+    # the first connection learns the cookie; the second brings the request in its SYN
+    assert cstats["tfo_cookies"] == 1
+    assert sstats["tfo_accepted"] == 1 and sstats["tfo_refused"] == 0
+    assert first[0]["tfo_syn_data"] == 0 and second[0]["tfo_syn_data"] > 0 and second[0]["fast_open"]
+    # without Fast Open the target is dialled after 1.5 RTT, with it after 0.5 RTT
+    assert first[1] >= 1.5 * rtt - 0.01
+    assert second[1] < 1.0 * rtt
+
+
+# ------------------------------------------------------------------ sender statistics
+def test_unsent_bytes_limited_by_and_bytes_acked_without_syn_fin() -> None:
+    a = Endpoint(ConnectionConfig(pacing=False, initial_window_segments=2), b"a" * 32)
+    b = Endpoint(ConnectionConfig(), b"b" * 32)
+    b.listen(1)
+    ca = a.connect("B", 40000, 1, 0.0)
+    _pump(a, b, 0.0)
+    cb = next(iter(b.connections.values()))
+    st = ca.stats()
+    assert st["bytes_acked"] == 0 and st["unsent_bytes"] == 0 and st["limited_by"] == "app"
+    ca.send(b"z" * 10_000)
+    assert ca.stats()["unsent_bytes"] == 10_000
+    sent = [s for _, s in a.segments_to_send(0.01)]
+    mss = ca.eff_mss
+    assert sum(len(s.payload) for s in sent) == 2 * mss               # the initial window of two segments
+    st = ca.stats()
+    assert st["unsent_bytes"] == 10_000 - 2 * mss and st["limited_by"] == "cwnd"
+    # a receiver whose window is nearly closed: the peer's window limits
+    a2 = Endpoint(ConnectionConfig(pacing=False), b"a" * 32)
+    b2 = Endpoint(ConnectionConfig(recv_buffer=4096, initial_recv_window=4096, window_scaling=False), b"b" * 32)
+    b2.listen(1)
+    c2 = a2.connect("B", 40000, 1, 0.0)
+    _pump(a2, b2, 0.0)
+    c2.send(b"w" * 20_000)
+    for _, s in a2.segments_to_send(0.1):
+        pass                                                       # lost: the window stays full
+    assert c2.stats()["limited_by"] == "rwnd" and c2.stats()["unsent_bytes"] > 0
+    # the FIN is not a byte: 10 000 bytes and a FIN acknowledged count 10 000
+    for s in sent:
+        b.receive("A", s, 0.02)
+    _pump(a, b, 0.03)
+    ca.shutdown()
+    for t in (0.04, 0.1, 0.2, 0.3, 0.4):
+        _pump(a, b, t)
+        cb.recv()
+    assert ca.snd_una == ca.fin_off + 1
+    st = ca.stats()
+    assert st["bytes_acked"] == 10_000 and st["unsent_bytes"] == 0 and st["limited_by"] == "app"
+    # pacing holds a burst back
+    p = Endpoint(ConnectionConfig(pacing=True), b"p" * 32)
+    q = Endpoint(ConnectionConfig(), b"q" * 32)
+    q.listen(1)
+    cp = p.connect("B", 40000, 1, 0.0)
+    _pump(p, q, 0.0)
+    _pump(p, q, 0.05)
+    cp.send(b"p" * 200_000)
+    p.segments_to_send(0.06)
+    assert cp.stats()["limited_by"] in ("pacing", "cwnd")
