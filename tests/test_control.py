@@ -14,19 +14,18 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from procs import ROOT, TOU, feed, wait_for
+from procs import free_udp_port as free_port
 
 from toucli.control import (
     ABSENT, LIVE, STALE, ControlClient, ControlError, ControlServer, ensure_dir, find, list_instances, probe,
     runtime_dir, sweep,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-TOU = [sys.executable, "-m", "toucli"]
 
 
 def _stats_command() -> list[str]:
@@ -197,49 +196,6 @@ def test_starting_sweeps_stale_pid_sockets_of_dead_processes(rundir) -> None:
 
 
 # ------------------------------------------------------------------ processes
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(timeout=10)
-
-
-def feed(proc: subprocess.Popen, data: bytes, seconds: float) -> threading.Thread:
-    """Write ``data`` to ``proc``'s stdin spread over ``seconds``, then close it."""
-    def run() -> None:
-        chunks = 40
-        step = -(-len(data) // chunks)
-        try:
-            for i in range(0, len(data), step):
-                proc.stdin.write(data[i:i + step])
-                proc.stdin.flush()
-                time.sleep(seconds / chunks)
-            proc.stdin.close()
-        except (BrokenPipeError, ValueError):
-            pass
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
-
 def stats_cmd(rundir: Path, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
     return subprocess.run([*STATS, *args], cwd=ROOT, env=env_for(rundir), capture_output=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)

@@ -73,16 +73,6 @@ def stop(p: subprocess.Popen, timeout: float = 15) -> tuple[int, str]:
     return p.returncode, err.decode()
 
 
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(timeout=10)
-
-
 def server(procs, *args: str, port: int | None = None, env: dict | None = None,
            secure: bool = False) -> tuple[subprocess.Popen, int]:
     port = port or free_port(socket.SOCK_DGRAM)

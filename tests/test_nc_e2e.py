@@ -65,16 +65,6 @@ def close_stdin(p: subprocess.Popen) -> None:
     p.stdin = None
 
 
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(timeout=10)
-
-
 def listener(procs, *args: str, **kw) -> tuple[subprocess.Popen, int]:
     port = free_port()
     p = tou("listen", "--insecure", *args, "127.0.0.1", str(port), **kw)

@@ -15,35 +15,17 @@ import random
 import re
 import shlex
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from procs import ROOT, TOU, feed, wait_for
+from procs import free_udp_port as free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-TOU = [sys.executable, "-m", "toucli"]
 TMUX = shutil.which("tmux")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_bound(port: int, proc: subprocess.Popen) -> None:
@@ -51,23 +33,6 @@ def wait_bound(port: int, proc: subprocess.Popen) -> None:
     wait_for(lambda: hexport in Path("/proc/net/udp").read_text() or proc.poll() is not None,
              what="the listener")
     assert proc.poll() is None, proc.stderr.read().decode()
-
-
-def slow_feed(proc: subprocess.Popen, data: bytes, seconds: float) -> threading.Thread:
-    def run() -> None:
-        chunks = 50
-        step = -(-len(data) // chunks)
-        try:
-            for i in range(0, len(data), step):
-                proc.stdin.write(data[i:i + step])
-                proc.stdin.flush()
-                time.sleep(seconds / chunks)
-            proc.stdin.close()
-        except (BrokenPipeError, ValueError):
-            pass
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
 
 
 @pytest.fixture
@@ -141,7 +106,7 @@ def test_dashboard_in_a_terminal_moves_and_keeps_stdout_exact(workdir) -> None:
         tmux.start(f"cd {shlex.quote(str(ROOT))} && {connect} < {workdir / 'up.bin'} > {out}; "
                    f"echo $? > {rc}; sleep 30")
         wait_for(lambda: (workdir / "tou" / "live.sock").exists(), what="tou connect to start")
-        feeder = slow_feed(lst, down, 6.0)
+        feeder = feed(lst, down, 6.0)
 
         first = wait_for(lambda: (lambda s: s if "ESTABLISHED" in s or "FIN_WAIT" in s else None)(tmux.capture()),
                          what="the dashboard")
@@ -193,7 +158,7 @@ def test_without_a_terminal_stats_prints_interval_lines_and_json(workdir) -> Non
                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_bound(port, lst)
-        feeder = slow_feed(lst, down, 2.0)
+        feeder = feed(lst, down, 2.0)
         cli = subprocess.run([*TOU, "connect", "--insecure", "--quiet", "--stats", "--stats-json", str(jsonl),
                               "--stats-interval", "0.2", "127.0.0.1", str(port)], cwd=ROOT, env=env,
                              stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
@@ -229,7 +194,7 @@ def test_stats_json_dash_writes_to_stderr_and_excludes_stats(workdir) -> None:
                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_bound(port, lst)
-        feeder = slow_feed(lst, b"x" * 100_000, 0.5)   # the listener reads stdin once connected
+        feeder = feed(lst, b"x" * 100_000, 0.5)   # the listener reads stdin once connected
         cli = subprocess.run([*TOU, "connect", "--insecure", "--quiet", "--stats-json", "-", "127.0.0.1",
                               str(port)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                              timeout=30)
