@@ -12,7 +12,9 @@ target's arrival time of that byte minus the time the client called
   session's handshake is (at least partly) on the path;
 * **warm session**: later connections through the same process, 0.3 s apart;
 * **warm + Fast Open**: the same with Fast Open switched on, if ``tou forward``
-  has an option for it (``--fast-open``/``--tfo``); otherwise "not available";
+  has an option for it (``--fast-open``/``--tfo``); when its help says Fast Open
+  is always on, the "tou" rows already use it and are reported for both (the
+  cold connection has no cookie yet); otherwise "not available";
 * **direct kernel TCP** for reference: 1.5 RTT (SYN, SYN-ACK, then the data).
 
     python bench/first_byte.py [--samples 5]
@@ -36,12 +38,18 @@ from wanlink import B_ADDR, WanPath  # noqa: E402
 RTT = 0.100
 
 
+ALWAYS = "always on"
+
+
 def fast_open_flag() -> str | None:
-    """The ``tou forward`` option that turns Fast Open on, if there is one."""
+    """The ``tou forward`` option that turns Fast Open on, :data:`ALWAYS` when its help
+    says it is always on, else None."""
     text = tou_help("forward")
     for flag in ("--fast-open", "--tfo"):
         if re.search(rf"{flag}\b", text):
             return flag
+    if re.search(r"Fast\s+Open\s+is\s+always\s+on", text):
+        return ALWAYS
     return None
 
 
@@ -68,7 +76,8 @@ def measure(samples: int = 5, log: Callable[[str], None] = print) -> dict[str, A
         out["direct kernel TCP"] = direct
         log(f"  first byte, direct TCP: {direct}")
         variants: list[tuple[str, list[str] | None]] = [("tou", [])]
-        variants.append(("tou fast open", [tfo] if tfo else None))
+        if tfo != ALWAYS:
+            variants.append(("tou fast open", [tfo] if tfo else None))
         for label, extra in variants:
             if extra is None:
                 out[f"{label} cold"] = out[f"{label} warm"] = "not available"
@@ -95,6 +104,8 @@ def measure(samples: int = 5, log: Callable[[str], None] = print) -> dict[str, A
                 out[f"{label} cold"] = cold
                 out[f"{label} warm"] = warm
             log(f"  first byte, {label}: cold {out[f'{label} cold']} warm {out[f'{label} warm']}")
+    if tfo == ALWAYS:                  # the "tou" rows ran with Fast Open
+        out["tou fast open cold"], out["tou fast open warm"] = out.get("tou cold"), out.get("tou warm")
     summary = {}
     for k, v in out.items():
         if isinstance(v, list):

@@ -186,6 +186,15 @@ def test_status_round_trip() -> None:
         assert rest == b"x"
 
 
+def test_parse_status_takes_only_the_status_off_a_pipelined_stream() -> None:
+    # what a pipelined bridge sees: the status, then the target's bytes in the same read
+    assert fw.parse_status(b"\x00HTTP/1.1") == (0, "", 1)
+    assert fw.parse_status(b"\x02\x0bnot allowed") == (2, "not allowed", 13)
+    assert fw.parse_status(b"\x05\x00") == (5, "", 2)
+    for incomplete in (b"", b"\x05", b"\x02\x0bnot allowe"):
+        assert fw.parse_status(incomplete) is None
+
+
 def test_status_for_errors() -> None:
     assert fw.status_for(ConnectionRefusedError(errno.ECONNREFUSED, "x")) == 5
     assert fw.status_for(OSError(errno.ENETUNREACH, "x")) == 3

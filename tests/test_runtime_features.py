@@ -320,6 +320,157 @@ def test_forward_request_rides_in_the_syn_on_a_warm_session() -> None:
     assert second[1] < 1.0 * rtt
 
 
+async def _pipelined_local_forward(rtt: float, sizes: list[int]):
+    """``-L`` through a forward client and server (Fast Open on, as `tou forward` sets it) over a
+    path of ``rtt``: for each size a local application connects, writes that many bytes at once
+    and reads the echo; then one connection to a target the server does not permit. Returns
+    per connection (first bytes at the target - local connect, bytes the target got, echo),
+    the refused connection's read, the client's log lines, the server endpoint's stats and the
+    refused port."""
+    import hashlib
+
+    from toucli.forward import ForwardClient, ForwardServer, Link, LocalForward, Log, Permits
+
+    loop = asyncio.get_running_loop()
+    arrivals: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def echo(reader, writer):
+        got = bytearray()
+        first = None
+        while data := await reader.read(65536):
+            if first is None:
+                first = loop.time()
+            got += data
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+        arrivals.put_nowait((first, bytes(got)))
+
+    srv = await asyncio.start_server(echo, "127.0.0.1", 0)
+    tport = srv.sockets[0].getsockname()[1]
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    oport = other.getsockname()[1]             # bound, not listening, and not permitted anyway
+    cfg = engine_config(socket.AF_INET, PlainTransport.overhead, fast_open=True)
+    stunnel = Tunnel(_delayed_socket(rtt / 2), PlainTransport(), cfg, pmtu=True)
+    ForwardServer(stunnel, Permits([f"127.0.0.1:{tport}"]), Log())
+    ctunnel = Tunnel(_delayed_socket(rtt / 2), PlainTransport(), cfg, pmtu=True)
+    lines: list[str] = []
+    link = Link(ctunnel, stunnel.usock.local_address(), Log(), secure=False)
+    client = ForwardClient(ctunnel, link, Log(write=lines.append), wait=5.0)
+    link.start()
+    good = client.listen_local(LocalForward(None, 0, "127.0.0.1", tport, "good"))[0].getsockname()[1]
+    bad = client.listen_local(LocalForward(None, 0, "127.0.0.1", oport, "bad"))[0].getsockname()[1]
+    out = []
+    try:
+        for i, size in enumerate(sizes):
+            payload = b"".join(hashlib.sha256(bytes([i, j % 256, j // 256])).digest()
+                               for j in range(size // 32 + 1))[:size]
+            start = loop.time()
+            reader, writer = await asyncio.open_connection("127.0.0.1", good)
+            writer.write(payload)
+            await writer.drain()
+            writer.write_eof()
+            echoed = await asyncio.wait_for(reader.read(-1), 20)
+            writer.close()
+            first, got = await asyncio.wait_for(arrivals.get(), 5)
+            out.append((first - start, got == payload, echoed == payload))
+            await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection("127.0.0.1", bad)
+        refused = await asyncio.wait_for(reader.read(100), 5)
+        writer.close()
+        await asyncio.sleep(0.1)
+        return out, refused, lines, stunnel.ep.stats(), oport
+    finally:
+        other.close()
+        srv.close()
+        link.close()
+        await client.close()
+        ctunnel.close()
+        stunnel.close()
+
+
+def test_local_forward_pipelines_the_first_bytes_into_the_syn() -> None:
+    rtt = 0.2
+    out, refused, lines, sstats, oport = asyncio.run(_pipelined_local_forward(rtt, [5000, 300_000, 1]))
+    (cold, *_), (warm, *_), (tiny, *_) = out
+    # every byte arrives, in both directions
+    assert all(ok_up and ok_down for _, ok_up, ok_down in out)
+    # cold: handshake first (no cookie yet), then the request and data: 1.5 RTT
+    assert cold >= 1.5 * rtt - 0.01
+    # warm: request + first bytes in the SYN, the server dials at once: half a round trip
+    assert warm <= 0.5 * rtt + 0.05 and tiny <= 0.5 * rtt + 0.05
+    assert sstats["tfo_accepted"] >= 2 and sstats["tfo_refused"] == 0
+    # a target the server refuses still closes the local connection, with one log line
+    assert refused == b""
+    assert lines == [f"tou: -L bad: server: 127.0.0.1:{oport} is not permitted (--permit-open)"]
+
+
+async def _pipelined_remote_forward(rtt: float, sizes: list[int]) -> list[tuple[float, bool, bool]]:
+    """``-R`` over a path of ``rtt`` (Fast Open on): the server listens, each local application
+    connects there, writes ``size`` bytes and reads the echo from the client side's target.
+    Per connection: (first bytes at the target - connect, target got them all, echo intact)."""
+    from toucli.forward import ForwardClient, ForwardServer, Link, Log, Permits, RemoteForward
+
+    loop = asyncio.get_running_loop()
+    arrivals: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def echo(reader, writer):
+        got = bytearray()
+        first = None
+        while data := await reader.read(65536):
+            first = first or loop.time()
+            got += data
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+        arrivals.put_nowait((first, bytes(got)))
+
+    srv = await asyncio.start_server(echo, "127.0.0.1", 0)
+    tport = srv.sockets[0].getsockname()[1]
+    cfg = engine_config(socket.AF_INET, PlainTransport.overhead, fast_open=True)
+    stunnel = Tunnel(_delayed_socket(rtt / 2), PlainTransport(), cfg, pmtu=True)
+    server = ForwardServer(stunnel, Permits([]), Log(), allow_listen=True)
+    ctunnel = Tunnel(_delayed_socket(rtt / 2), PlainTransport(), cfg, pmtu=True)
+    link = Link(ctunnel, stunnel.usock.local_address(), Log(), secure=False)
+    client = ForwardClient(ctunnel, link, Log(), wait=5.0)
+    link.start()
+    out = []
+    try:
+        rport = await asyncio.wait_for(client.register(RemoteForward("127.0.0.1", 0, "127.0.0.1", tport, "r")), 5)
+        for i, size in enumerate(sizes):
+            payload = bytes((i + j) % 251 for j in range(size))
+            start = loop.time()
+            reader, writer = await asyncio.open_connection("127.0.0.1", rport)
+            writer.write(payload)
+            await writer.drain()
+            writer.write_eof()
+            echoed = await asyncio.wait_for(reader.read(-1), 20)
+            writer.close()
+            first, got = await asyncio.wait_for(arrivals.get(), 5)
+            out.append((first - start, got == payload, echoed == payload))
+            await asyncio.sleep(0.05)
+        return out
+    finally:
+        srv.close()
+        link.close()
+        await client.close()
+        for t in list(server.tasks):
+            t.cancel()
+        await asyncio.gather(*server.tasks, return_exceptions=True)
+        ctunnel.close()
+        stunnel.close()
+
+
+def test_remote_forward_pipelines_the_first_bytes_into_the_syn() -> None:
+    rtt = 0.2
+    out = asyncio.run(_pipelined_remote_forward(rtt, [3000, 100_000]))
+    (cold, *_), (warm, *_) = out
+    assert all(ok_up and ok_down for _, ok_up, ok_down in out)
+    assert cold >= 1.5 * rtt - 0.01           # the server has no cookie of the client yet
+    assert warm <= 0.5 * rtt + 0.05
+
+
 # ------------------------------------------------------------------ sender statistics
 def test_unsent_bytes_limited_by_and_bytes_acked_without_syn_fin() -> None:
     a = Endpoint(ConnectionConfig(pacing=False, initial_window_segments=2), b"a" * 32)

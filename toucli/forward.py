@@ -3,7 +3,10 @@
 Every forwarded TCP connection is its own inner TCP connection to inner port
 :data:`FORWARD_PORT`. It starts with a *target request* naming what to do and
 where (connect to host:port, listen on bind:port, or "this arrived on your
-remote listener"), answered by a one-byte status before any data flows.
+remote listener"), answered by a one-byte status. ``-L`` and ``-R`` connections
+pipeline: the request and the local application's first bytes ride in the SYN
+(TCP Fast Open) and data flows before the status arrives; ``-D`` waits for it,
+because SOCKS must answer its client first.
 
 Parts, each usable alone:
 
@@ -60,6 +63,8 @@ MAX_REASON = 255
 REQUEST_TIMEOUT = 10.0         # a peer must send its whole request within this
 CLOSE_GRACE = 5.0              # a refused channel's FIN exchange may take this long
 RETRY_DELAY = 1.0              # between reconnection / re-registration attempts
+FIRST_DATA_WAIT = 0.010        # how long a new local connection may take to send its first bytes,
+                               # which then ride in the SYN with the request (Fast Open)
 ALL_INTERFACES = "*"
 LOOPBACK = "localhost"
 
@@ -368,6 +373,18 @@ async def read_status(read_exactly: ReadExactly, *, with_port: bool = False) -> 
     return status, reason, None
 
 
+def parse_status(buf: bytes) -> tuple[int, str, int] | None:
+    """``(status, reason, length)`` of a CONNECT/FORWARDED status at the start of ``buf``; None if incomplete."""
+    if not buf:
+        return None
+    if buf[0] == STATUS_OK:
+        return STATUS_OK, "", 1
+    if len(buf) < 2 or len(buf) < 2 + buf[1]:
+        return None
+    n = buf[1]
+    return buf[0], buf[2:2 + n].decode("utf-8", "replace"), 2 + n
+
+
 def channel_reader(ch: Channel) -> ReadExactly:
     """``read_exactly(n)`` on a channel; never reads past ``n`` (the rest stays for the data path)."""
 
@@ -562,25 +579,128 @@ def abort_socket(sock: socket.socket) -> None:
     sock.close()
 
 
-async def bridge(ch: Channel, sock: socket.socket) -> None:
+def syn_room(tunnel: Tunnel, peer: Hashable) -> int:
+    """Payload bytes a SYN to ``peer`` carries now: 0 without Fast Open or a cached cookie.
+
+    RFC 7413 §4.1.2: up to one MSS, the smaller of ours and the server's (kept
+    with the cookie), less the timestamps option, and no more than the path
+    MTU validated so far for ``peer`` allows.
+    """
+    cfg = tunnel.config
+    entry = tunnel.ep.tfo_cookies.get(peer) if cfg.fast_open else None
+    if entry is None or not entry[0]:
+        return 0
+    room = min(cfg.mss, entry[1])
+    plpmtu = tunnel.peer_plpmtu(peer)
+    if plpmtu is not None:
+        room = min(room, tunnel.mss_for_datagram(plpmtu))
+    return max(0, room - (12 if cfg.timestamps else 0))
+
+
+async def read_first(sock: socket.socket, limit: int, wait: float) -> bytes:
+    """What a just-accepted local connection sends within ``wait`` s, at most ``limit`` bytes.
+
+    ``b""`` when nothing came (or ``limit`` is 0); whatever was not read stays in the socket.
+    """
+    if limit <= 0 or wait <= 0:
+        return b""
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.wait_for(loop.sock_recv(sock, limit), wait)
+    except (asyncio.TimeoutError, OSError):
+        return b""
+
+
+class StatusGate:
+    """The local end of a pipelined bridge: takes the far end's status (docs/PROTOCOL.md §10.2)
+    off the front of what the channel delivers before anything reaches the local socket.
+
+    Data flows towards the far end before the status arrives; a refusal raises
+    :class:`Refused` from :meth:`write`, an EOF before the status a TunnelError.
+    Without a status within ``timeout`` s the channel is aborted. ``reset``: a
+    refusal resets the local connection instead of closing it.
+    """
+
+    def __init__(self, ch: Channel, what: str, timeout: float, *, reset: bool = False) -> None:
+        self.ch = ch
+        self.what = what
+        self.reset = reset
+        self.ok = False               # the status said success
+        self.sink: FdStream | None = None
+        self._buf = b""
+        self._timer: asyncio.TimerHandle | None = ch.tunnel.loop.call_later(timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self.ok:
+            self.ch.abort(f"no answer to {self.what}")
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def write(self, data: bytes) -> None:
+        assert self.sink is not None
+        if not self.ok:
+            self._buf += data
+            parsed = parse_status(self._buf)
+            if parsed is None:
+                return
+            status, reason, used = parsed
+            self.cancel()
+            if status != STATUS_OK:
+                raise Refused(status, reason)
+            self.ok = True
+            data, self._buf = self._buf[used:], b""
+            if not data:
+                return
+        await self.sink.write(data)
+
+    def write_eof(self) -> None:
+        assert self.sink is not None
+        if not self.ok:
+            self.cancel()
+            raise TunnelError("the peer closed without answering (is it 'tou forward --serve'?)")
+        self.sink.write_eof()
+
+
+async def bridge(ch: Channel, sock: socket.socket, *, gate: StatusGate | None = None) -> None:
     """Copy between a local socket and a channel until both directions end (half-close carried).
 
-    A channel failure resets the local socket; nothing is raised.
+    A channel failure resets the local socket; nothing is raised, except with a
+    ``gate`` (pipelining: the status is still to come on ``ch``) when the channel
+    fails before a success status: then :class:`Refused` (the local socket is
+    closed, or reset with ``gate.reset``) or TunnelError (reset).
     """
     stream = FdStream(sock.fileno(), sock=sock)
+    sink: Any = stream
+    if gate is not None:
+        gate.sink = stream
+        sink = gate
     failed = False
+    error: TunnelError | None = None
     try:
-        await splice(ch, stream, stream)
-    except TunnelError:
+        await splice(ch, stream, sink)
+    except Refused as exc:
+        error = exc
+        failed = gate is not None and gate.reset
+    except TunnelError as exc:
         failed = True
+        if gate is not None and not gate.ok:
+            error = exc
     except asyncio.CancelledError:
         failed = True
         ch.abort("stopped")
         raise
     finally:
+        if gate is not None:
+            gate.cancel()
         if failed:
             _linger_zero(sock)
         stream.close()
+    if error is not None:
+        raise error
 
 
 async def accept_loop(lsock: socket.socket, handle: Callable[[socket.socket, Any], Awaitable[None]],
@@ -742,24 +862,29 @@ class ForwardServer:
             self.log.event(f"stopped listening on port {port} for {who}")
 
     async def _forward_back(self, control: Channel, host: str, port: int, conn: socket.socket, addr: Any) -> None:
-        # The request rides in the SYN when Fast Open is on and the client gave us a cookie.
-        och = self.tunnel.connect(control.peer, FORWARD_PORT, peer=control.peer,
-                                  data=encode_request(TYPE_FORWARDED, host, port))
+        # Pipelined like the client's -L: with Fast Open and a cookie the request and the
+        # connecting application's first bytes ride in the SYN; the status is read on the way.
+        peer = control.peer
+        request = encode_request(TYPE_FORWARDED, host, port)
+        first = await read_first(conn, syn_room(self.tunnel, peer) - len(request), FIRST_DATA_WAIT)
+        och = self.tunnel.connect(peer, FORWARD_PORT, peer=peer, data=request + first)
+        where = f"remote forward of {format_address(addr)} on port {port}"
         try:
             await asyncio.wait_for(asyncio.shield(och.connected), self.dial_timeout)
-            status, reason, _ = await asyncio.wait_for(read_status(channel_reader(och)), self.dial_timeout)
-        except (TunnelError, EOFError, asyncio.TimeoutError) as exc:
-            self.log.event(f"remote forward of {format_address(addr)} on port {port}: "
-                           f"{exc or 'client did not answer'}")
+        except (TunnelError, asyncio.TimeoutError) as exc:
+            self.log.event(f"{where}: {exc or 'client did not answer'}")
             abort_socket(conn)
             och.abort("failed")
             return
-        if status != STATUS_OK:
-            self.log.info(f"remote forward of {format_address(addr)} on port {port}: client: {reason}")
-            abort_socket(conn)
+        try:
+            await bridge(och, conn, gate=StatusGate(och, f"FORWARDED {show(host, port)}", self.dial_timeout,
+                                                    reset=True))
+        except Refused as exc:
+            self.log.info(f"{where}: client: {exc.reason}")
             await close_channel(och)
-            return
-        await bridge(och, conn)
+        except TunnelError as exc:
+            self.log.event(f"{where}: {exc}")
+            och.abort("failed")
 
 
 # ====================================================================== link
@@ -859,11 +984,13 @@ class ForwardClient:
     """``tou forward PEER -L/-R/-D``: local listeners and remote registrations over one :class:`Link`."""
 
     def __init__(self, tunnel: Tunnel, link: Link, log: Log, *, wait: float = 10.0,
-                 gateway: bool = False, family: int = socket.AF_UNSPEC) -> None:
+                 gateway: bool = False, family: int = socket.AF_UNSPEC,
+                 first_data_wait: float = FIRST_DATA_WAIT) -> None:
         self.tunnel = tunnel
         self.link = link
         self.log = log
         self.wait = wait
+        self.first_data_wait = first_data_wait
         self.gateway = gateway
         self.family = family
         self.loop = tunnel.loop
@@ -876,20 +1003,28 @@ class ForwardClient:
         tunnel.listen(FORWARD_PORT)
 
     # ---- opening inner connections
-    async def open(self, rtype: int, host: str, port: int) -> Channel:
-        """An inner connection whose request was accepted (status 0); Refused or TunnelError otherwise.
+    async def _connect(self, rtype: int, host: str, port: int, local: socket.socket | None = None) -> Channel:
+        """An inner connection carrying the request, its handshake complete; the status is not read.
 
-        Waits up to ``wait`` s for the link; a secure session that dies before the
-        inner handshake completes is retried on the next one within that time.
+        With Fast Open (RFC 7413) and a cookie from an earlier connection on this
+        session, the request rides in the SYN: the server dials the target half a
+        round trip after this call instead of one and a half. With ``local`` (a
+        just-accepted local connection), what it sends within ``first_data_wait`` s
+        rides along, so the target has the application's first bytes at that
+        time too. Waits up to ``wait`` s for the link; a secure session that dies
+        before the inner handshake completes is retried on the next one.
         """
         deadline = self.loop.time() + self.wait
         request = encode_request(rtype, host, port)
+        first: bytes | None = None
         while True:
             peer = await self.link.wait_up(deadline)
-            # With Fast Open (RFC 7413) and a cookie from an earlier connection on this
-            # session, the request rides in the SYN: the server dials the target half a
-            # round trip after this call instead of one and a half.
-            ch = self.tunnel.connect(self.link.addr, FORWARD_PORT, peer=peer, data=request)
+            if first is None:
+                first = b""
+                if local is not None:
+                    room = syn_room(self.tunnel, peer) - len(request)
+                    first = await read_first(local, room, self.first_data_wait)
+            ch = self.tunnel.connect(self.link.addr, FORWARD_PORT, peer=peer, data=request + first)
             ch.label = show(host, port)        # shown by the statistics dashboard
             try:
                 await asyncio.wait_for(asyncio.shield(ch.connected), max(0.0, deadline - self.loop.time()))
@@ -901,22 +1036,34 @@ class ForwardClient:
                 if self.link.secure and self.link.peer is not peer and self.loop.time() < deadline:
                     continue       # the session died under us: try on the next one
                 raise
-            try:
-                status, reason, _ = await asyncio.wait_for(read_status(channel_reader(ch)),
-                                                           max(1.0, deadline - self.loop.time()))
-            except EOFError:
-                ch.abort("no status")
-                raise TunnelError(f"the peer at {self.link.where} closed without answering "
-                                  "(is it 'tou forward --serve'?)") from None
-            except asyncio.TimeoutError:
-                ch.abort("no status")
-                raise TunnelError(f"no answer to {TYPE_NAMES[rtype]} {show(host, port)}") from None
-            if status != STATUS_OK:
-                t = asyncio.ensure_future(close_channel(ch))
-                self.tasks.add(t)
-                t.add_done_callback(self.tasks.discard)
-                raise Refused(status, reason)
             return ch
+
+    async def open(self, rtype: int, host: str, port: int) -> Channel:
+        """An inner connection whose request was accepted (status 0); Refused or TunnelError otherwise.
+
+        For callers that must know the answer before data flows (SOCKS, LISTEN).
+        """
+        start = self.loop.time()
+        ch = await self._connect(rtype, host, port)
+        try:
+            status, reason, _ = await asyncio.wait_for(read_status(channel_reader(ch)),
+                                                       max(1.0, start + self.wait - self.loop.time()))
+        except EOFError:
+            ch.abort("no status")
+            raise TunnelError(f"the peer at {self.link.where} closed without answering "
+                              "(is it 'tou forward --serve'?)") from None
+        except asyncio.TimeoutError:
+            ch.abort("no status")
+            raise TunnelError(f"no answer to {TYPE_NAMES[rtype]} {show(host, port)}") from None
+        if status != STATUS_OK:
+            self._close_later(ch)
+            raise Refused(status, reason)
+        return ch
+
+    def _close_later(self, ch: Channel) -> None:
+        t = asyncio.ensure_future(close_channel(ch))
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
 
     # ---- local listeners
     def listen_local(self, spec: LocalForward | DynamicForward) -> list[socket.socket]:
@@ -938,12 +1085,12 @@ class ForwardClient:
         return lsocks
 
     async def _local(self, spec: LocalForward, conn: socket.socket, addr: Any) -> None:
+        # Pipelined: the request and the application's first bytes go in the SYN, and the
+        # bridge starts without waiting for the status, which StatusGate takes off the
+        # stream before the application sees any byte.
+        target = show(spec.host, spec.hostport)
         try:
-            ch = await self.open(TYPE_CONNECT, spec.host, spec.hostport)
-        except Refused as exc:
-            self.log.event(f"-L {spec.text}: server: {exc}")
-            conn.close()
-            return
+            ch = await self._connect(TYPE_CONNECT, spec.host, spec.hostport, local=conn)
         except TunnelError as exc:
             self.log.event(f"-L {spec.text}: closing connection from {format_address(addr)}: {exc}")
             abort_socket(conn)
@@ -951,8 +1098,15 @@ class ForwardClient:
         except BaseException:
             abort_socket(conn)
             raise
-        self.log.info(f"-L {spec.text}: {format_address(addr)} -> {show(spec.host, spec.hostport)}", 2)
-        await bridge(ch, conn)
+        self.log.info(f"-L {spec.text}: {format_address(addr)} -> {target}", 2)
+        try:
+            await bridge(ch, conn, gate=StatusGate(ch, f"CONNECT {target}", max(1.0, self.wait)))
+        except Refused as exc:
+            self.log.event(f"-L {spec.text}: server: {exc}")
+            self._close_later(ch)
+        except TunnelError as exc:
+            self.log.event(f"-L {spec.text}: closing connection from {format_address(addr)}: {exc}")
+            ch.abort("failed")
 
     async def _socks(self, spec: DynamicForward, conn: socket.socket, addr: Any) -> None:
         write = lambda data: self.loop.sock_sendall(conn, data)   # noqa: E731
@@ -1117,6 +1271,7 @@ __all__ = [
     "parse_local", "parse_remote", "parse_dynamic", "parse_endpoint", "split_fields",
     "Permit", "Permits", "parse_permit", "same_host",
     "TargetRequest", "RequestError", "Refused", "encode_request", "read_request", "encode_status",
-    "read_status", "bind_tcp", "bind_addresses", "dial", "DialError", "status_for",
+    "read_status", "parse_status", "syn_room", "read_first", "StatusGate", "FIRST_DATA_WAIT",
+    "bind_tcp", "bind_addresses", "dial", "DialError", "status_for",
     "Log", "ForwardServer", "ForwardClient", "Link",
 ]
