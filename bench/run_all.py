@@ -174,9 +174,10 @@ def section(data: dict) -> str:
         T.append(f"| 2 | 100 Mbit/s, 100 ms, 2 % loss: ≥ kernel BBR, ≥ 50x kernel CUBIC, retransmitted ≤ loss + 3 points | "
              f"{t2_val} | {met(t2_ok)} | {lim2} |")
     warm = med.get("tou warm")
-    lim3 = (f"without Fast Open a new forwarded connection waits for the inner handshake and the target request: "
-            f"warm {f1(warm, ' ms')} = {warm / 100:.1f} RTT, cold {f1(med.get('tou cold'), ' ms')}; direct kernel TCP "
-            f"{f1(med.get('direct kernel TCP'), ' ms')}" if warm else "—")
+    lim3 = (f"warm: the request and the app's first bytes ride in the SYN (Fast Open) and the client does not "
+            f"wait for the status: {f1(warm, ' ms')} = {warm / 100:.2f} RTT, of which up to 10 ms is the client's wait "
+            f"for the app's first bytes; cold {f1(med.get('tou cold'), ' ms')} (session handshake, cookie request); "
+            f"direct kernel TCP {f1(med.get('direct kernel TCP'), ' ms')}" if warm else "—")
     if "first_byte" in ran:
         T.append(f"| 3 | warm session with Fast Open: first byte ≤ 0.5 RTT + 10 ms (60 ms at 100 ms) | {t3_val} | "
              f"{met(t3_ok)} | {lim3} |")
