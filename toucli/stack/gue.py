@@ -48,7 +48,6 @@ assert all(size % 4 == 0 for size in _FIELD_SIZE.values()), "GUE fields are whol
 
 _BASE = struct.Struct("!BBH")
 _TRANSFORM = struct.Struct("!BBH")
-_DTLS_HDR = struct.Struct("!BBHBBH")
 
 
 class GueDrop(IntEnum):
@@ -160,19 +159,12 @@ def parse_header(data: bytes | bytearray | memoryview, offset: int = 0) -> GueHe
 # --- encoders ---------------------------------------------------------------
 
 PLAIN_HEADER_LEN = BASE_LEN
-DTLS_HEADER_LEN = BASE_LEN + 4
 
 
 def pack_plain_into(buf: bytearray | memoryview, offset: int = 0) -> int:
     """Write the cleartext header (variant 0, C 0, Hlen 0, Proto 6, Flags 0); return 4."""
     _BASE.pack_into(buf, offset, 0, PROTO_TCP, 0)
     return PLAIN_HEADER_LEN
-
-
-def pack_dtls_into(buf: bytearray | memoryview, offset: int = 0) -> int:
-    """Write the encrypted-profile header: Hlen 1, Proto 59, T, transform (1, 6, 0); return 8."""
-    _DTLS_HDR.pack_into(buf, offset, 1, PROTO_NONE, FLAG_T, TRANSFORM_DTLS, PROTO_TCP, 0)
-    return DTLS_HEADER_LEN
 
 
 def pack_header_into(buf: bytearray | memoryview, offset: int, proto: int,
@@ -211,4 +203,3 @@ def encode_header(proto: int = PROTO_TCP, fields: Mapping[int, bytes] | None = N
 
 
 PLAIN_HEADER = encode_header(PROTO_TCP)
-DTLS_HEADER = encode_header(PROTO_NONE, {FLAG_T: _TRANSFORM.pack(TRANSFORM_DTLS, PROTO_TCP, 0)})
