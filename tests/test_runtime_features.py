@@ -12,7 +12,6 @@ from toucli import tunnel as tunnel_mod
 from toucli.cli import main
 from toucli.stack.config import ConnectionConfig
 from toucli.stack.endpoint import Endpoint
-from toucli.stack.events import Connected
 from toucli.stack.pmtu import PmtuState
 from toucli.tunnel import (
     DEFAULT_CC, EXIT_USAGE, Channel, PlainTransport, Tunnel, TunnelError, engine_config, mss_for,
@@ -320,6 +319,20 @@ def test_forward_request_rides_in_the_syn_on_a_warm_session() -> None:
     assert second[1] < 1.0 * rtt
 
 
+async def _timed_echo(loop, port: int, payload: bytes, arrivals: asyncio.Queue) -> tuple[float, bool, bool]:
+    """Send ``payload`` through the forward on ``port`` and read the echo: (time until the
+    target saw its first byte, target got the payload, the echo equals the payload)."""
+    start = loop.time()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    await writer.drain()
+    writer.write_eof()
+    echoed = await asyncio.wait_for(reader.read(-1), 20)
+    writer.close()
+    first, got = await asyncio.wait_for(arrivals.get(), 5)
+    return first - start, got == payload, echoed == payload
+
+
 async def _pipelined_local_forward(rtt: float, sizes: list[int]):
     """``-L`` through a forward client and server (Fast Open on, as `tou forward` sets it) over a
     path of ``rtt``: for each size a local application connects, writes that many bytes at once
@@ -366,15 +379,7 @@ async def _pipelined_local_forward(rtt: float, sizes: list[int]):
         for i, size in enumerate(sizes):
             payload = b"".join(hashlib.sha256(bytes([i, j % 256, j // 256])).digest()
                                for j in range(size // 32 + 1))[:size]
-            start = loop.time()
-            reader, writer = await asyncio.open_connection("127.0.0.1", good)
-            writer.write(payload)
-            await writer.drain()
-            writer.write_eof()
-            echoed = await asyncio.wait_for(reader.read(-1), 20)
-            writer.close()
-            first, got = await asyncio.wait_for(arrivals.get(), 5)
-            out.append((first - start, got == payload, echoed == payload))
+            out.append(await _timed_echo(loop, good, payload, arrivals))
             await asyncio.sleep(0.05)
         reader, writer = await asyncio.open_connection("127.0.0.1", bad)
         refused = await asyncio.wait_for(reader.read(100), 5)
@@ -440,15 +445,7 @@ async def _pipelined_remote_forward(rtt: float, sizes: list[int]) -> list[tuple[
         rport = await asyncio.wait_for(client.register(RemoteForward("127.0.0.1", 0, "127.0.0.1", tport, "r")), 5)
         for i, size in enumerate(sizes):
             payload = bytes((i + j) % 251 for j in range(size))
-            start = loop.time()
-            reader, writer = await asyncio.open_connection("127.0.0.1", rport)
-            writer.write(payload)
-            await writer.drain()
-            writer.write_eof()
-            echoed = await asyncio.wait_for(reader.read(-1), 20)
-            writer.close()
-            first, got = await asyncio.wait_for(arrivals.get(), 5)
-            out.append((first - start, got == payload, echoed == payload))
+            out.append(await _timed_echo(loop, rport, payload, arrivals))
             await asyncio.sleep(0.05)
         return out
     finally:
