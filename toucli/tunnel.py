@@ -34,7 +34,7 @@ import socket
 import stat
 import sys
 import threading
-from typing import Any, Callable, Hashable, Protocol
+from typing import Any, Awaitable, Callable, Hashable, Protocol
 
 from toucli.stack.config import ConnectionConfig
 from toucli.stack.connection import Connection, State
@@ -1127,6 +1127,18 @@ class Signals:
     def remove(self) -> None:
         for sig in self._installed:
             self.loop.remove_signal_handler(sig)
+
+
+async def work_or_signal(work: Awaitable[int], sig: Signals, tunnel: Tunnel) -> int:
+    """The exit status of ``work``, or, if a signal comes first, of the signal
+    (``work`` is cancelled and the tunnel's connections are closed gracefully)."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task, sig.stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        return task.result()
+    task.cancel()
+    await tunnel.close_all()
+    return sig.stopping.result()
 
 
 def run(main: Callable[[Signals], Any], *, verbose: int = 0) -> int:

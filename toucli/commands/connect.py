@@ -26,6 +26,7 @@ from toucli.commands.stats import ObserveOptions, Observer, observe_options
 from toucli.tunnel import (
     DEFAULT_CC, DEFAULT_KEEPALIVE, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Channel, FdStream, PlainTransport,
     Signals, Transport, Tunnel, TunnelError, cc_names, engine_config, format_address, run, splice,
+    work_or_signal,
 )
 from toucli.udp import UdpSocket
 
@@ -385,13 +386,7 @@ async def _connect(sig: Signals, s: Settings, transport: Transport, host: str, p
         await obs.start(tunnel)
         s.info(f"connecting to {format_address(addr)} ({transport.name})")
         ch = tunnel.connect(addr)
-        work = asyncio.ensure_future(_client(s, ch, wait))
-        done, _ = await asyncio.wait({work, sig.stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if work in done:
-            return work.result()
-        work.cancel()
-        await tunnel.close_all()
-        return sig.stopping.result()
+        return await work_or_signal(_client(s, ch, wait), sig, tunnel)
     finally:
         tunnel.close()
         obs.stop()

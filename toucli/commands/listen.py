@@ -21,7 +21,7 @@ from toucli.commands.connect import (
 from toucli.commands.stats import ObserveOptions, Observer, observe_options
 from toucli.tunnel import (
     EXIT_FAILURE, EXIT_OK, Channel, FdStream, Signals, Transport, Tunnel, TunnelError, engine_config,
-    format_address, run,
+    format_address, run, work_or_signal,
 )
 from toucli.session import REASON_UNKNOWN_CLIENT, AuthenticationFailed
 from toucli.udp import UdpSocket
@@ -147,13 +147,7 @@ async def _listen(sig: Signals, s: Settings, transport: Transport, addr: str | N
                 t.cancel()
             await tunnel.close_all()
             return code
-        work = asyncio.ensure_future(_serve_single(s, first, stdout))
-        done, _ = await asyncio.wait({work, sig.stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if work in done:
-            return work.result()
-        work.cancel()
-        await tunnel.close_all()
-        return sig.stopping.result()
+        return await work_or_signal(_serve_single(s, first, stdout), sig, tunnel)
     finally:
         stdout.close()
         tunnel.close()
