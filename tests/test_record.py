@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from toucli.record import (AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305, CT_ALERT, FAST_PATH_SEQ_BASE,
-                           RecordDrop, RecordProtection, ReplayWindow, parse_record_header,
+                           MAX_PLAINTEXT,                            RecordDrop, RecordProtection, ReplayWindow, parse_record_header,
                            split_records)
 
 K1, K2 = bytes(range(16)), bytes(range(16, 32))
@@ -49,6 +49,32 @@ def test_chacha_record_layout_and_nonce() -> None:
     aad = es.to_bytes(8, "big") + bytes([23, 0xFE, 0xFD]) + (5).to_bytes(2, "big")
     assert ChaCha20Poly1305(bytes(32)).decrypt(nonce, rec[13:], aad) == b"hello"
     assert a.overhead == 13 + 16
+
+
+@pytest.mark.parametrize("pair", [gcm_pair, chacha_pair])
+def test_record_size_limit(pair) -> None:
+    """2^14 plaintext bytes seal and open; one more is refused locally, and a peer's
+    oversized record is dropped before decryption (RFC 5246 §6.2.1, §6.2.3)."""
+    a, b = pair()
+    full = bytes(range(256)) * (MAX_PLAINTEXT // 256)
+    assert b.open(a.seal(full))[1] == full
+    with pytest.raises(ValueError, match="exceeds"):
+        a.seal(full + b"x")
+    # a peer that seals more than the limit (forged with the same keys): dropped as overflow
+    big = pair()[0]
+    big.next_seq = a.next_seq + 5
+    aead = big._seal_aead
+    es = (1 << 48) | big.next_seq
+    n = MAX_PLAINTEXT + 1
+    aad = es.to_bytes(8, "big") + bytes([23, 0xFE, 0xFD]) + n.to_bytes(2, "big")
+    if big._explicit:
+        ct = aead.encrypt(IV1 + es.to_bytes(8, "big"), bytes(n), aad)
+        rec = bytes([23, 0xFE, 0xFD]) + es.to_bytes(8, "big") + (n + 24).to_bytes(2, "big") + es.to_bytes(8, "big") + ct
+    else:
+        nonce = (int.from_bytes(bytes(range(12)), "big") ^ es).to_bytes(12, "big")
+        ct = aead.encrypt(nonce, bytes(n), aad)
+        rec = bytes([23, 0xFE, 0xFD]) + es.to_bytes(8, "big") + (n + 16).to_bytes(2, "big") + ct
+    assert b.open(rec) is RecordDrop.OVERFLOW
 
 
 @pytest.mark.parametrize("pair", [gcm_pair, chacha_pair])

@@ -45,6 +45,7 @@ DTLS12 = 0xFEFD
 
 RECORD_HEADER_LEN = 13
 TAG_LEN = 16
+MAX_PLAINTEXT = 1 << 14      # RFC 5246 §6.2.1 (RFC 6347 §4.1): a record's plaintext is at most 2^14 bytes
 FAST_PATH_SEQ_BASE = 1 << 47
 SEQ_SPACE = 1 << 48
 REPLAY_WINDOW = 256          # bits; RFC 6347 §4.1.2.6 asks for at least 32
@@ -67,6 +68,7 @@ class RecordDrop(IntEnum):
     WRONG_EPOCH = 3      # not this key set's epoch
     REPLAY = 4           # sequence number already seen or left of the window
     AUTH = 5             # AEAD tag does not verify
+    OVERFLOW = 6         # plaintext would exceed 2^14 bytes (RFC 5246 §6.2.3, record_overflow)
 
 
 class ReplayWindow:
@@ -153,7 +155,11 @@ class RecordProtection:
     def seal(self, plaintext: bytes | bytearray | memoryview, prefix: bytes = b"",
              content_type: int = CT_APPLICATION_DATA) -> bytes:
         """``prefix`` + one record holding ``plaintext``. Raises OverflowError when the
-        sequence space is spent (the session rekeys long before)."""
+        sequence space is spent (the session rekeys long before), ValueError when
+        ``plaintext`` is longer than :data:`MAX_PLAINTEXT`."""
+        n = len(plaintext)
+        if n > MAX_PLAINTEXT:
+            raise ValueError(f"record plaintext of {n} bytes exceeds {MAX_PLAINTEXT} (RFC 5246 §6.2.1)")
         seq = self.next_seq
         if self._avoid:
             while self._epoch_hi | seq in self._avoid:
@@ -163,7 +169,6 @@ class RecordProtection:
         self.next_seq = seq + 1
         self.sealed += 1
         es = self._epoch_hi | seq
-        n = len(plaintext)
         if self._explicit:
             # GCM nonce = 4-byte IV || 8-byte explicit nonce, and the explicit nonce is es
             ct = self._seal_aead.encrypt((self._write_iv_int << 64 | es).to_bytes(12, "big"), plaintext,
@@ -214,6 +219,8 @@ class RecordProtection:
             return RecordDrop.WRONG_EPOCH
         if length != avail:
             return RecordDrop.TRUNCATED
+        if avail - self._overhead > MAX_PLAINTEXT:
+            return RecordDrop.OVERFLOW
         seq = es & _SEQ_MASK
         window = self._window_fast if seq >= FAST_PATH_SEQ_BASE else self._window_openssl
         diff = window.top - seq                     # RFC 6347 §4.1.2.6, before the MAC check
