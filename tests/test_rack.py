@@ -12,7 +12,8 @@ import pytest
 from harness import Harness, test_config
 from toucli.stack.cc.base import INITIAL_SSTHRESH
 from toucli.stack.rack import Rack, probe_timeout, sent_after
-from toucli.stack.segment import ACK, PSH
+from toucli.stack.errors import LocalError
+from toucli.stack.segment import ACK, PSH, SYN
 
 ISS = 1000
 IRS = 5000
@@ -289,6 +290,29 @@ def test_no_pacing_before_an_rtt_sample_or_when_off():
 
 
 # ---------------------------------------------------------------- MSS change (PMTU hook)
+@pytest.mark.parametrize("active", [True, False])
+def test_send_mss_is_used_until_set_mss_while_the_syn_announces_mss(active):
+    """Path-MTU discovery: the SYN announces what this end can receive (``mss``,
+    RFC 9293 §3.7.1) while data leaves at ``send_mss`` until the search raises it."""
+    t = Harness(test_config(mss=9000, send_mss=700), iss=ISS)
+    if active:
+        t.connect(at=0.0)
+        [syn] = t.pop_segments()
+        t.recv(t.inp(IRS, S, SYN | ACK, W, mss=8000, sack_perm=True), at=0.01)
+    else:
+        t.listen()
+        t.recv(t.inp(IRS, 0, SYN, W, mss=8000, sack_perm=True), at=0.0)
+        [syn] = t.pop_segments()
+        t.recv(t.inp(R, S, ACK, W), at=0.01)
+    assert syn.flags & SYN and syn.mss == 9000
+    t.pop_segments()
+    t.send(X * 1500, at=0.1)
+    assert [len(s.payload) for s in t.pop_segments()] == [700, 700, 100]
+    assert t.conn.set_mss(9000) == 8000            # raised, capped by the peer's announcement
+    with pytest.raises(LocalError, match="send_mss"):
+        Harness(test_config(mss=1000, send_mss=1200)).connect()
+
+
 def test_set_mss_changes_the_segment_size_mid_connection():
     t = est()
     assert t.conn.set_mss(600) == 600

@@ -104,6 +104,8 @@ class Connection:
         self._ts_offset = ts_offset & MASK
         if not 88 <= cfg.mss <= 65495:
             raise LocalError(f"mss must be within 88..65495, got {cfg.mss}")
+        if cfg.send_mss is not None and not 88 <= cfg.send_mss <= cfg.mss:
+            raise LocalError(f"send_mss must be within 88..mss ({cfg.mss}), got {cfg.send_mss}")
 
         # --- send side (offsets relative to ISS) ---
         self.iss = iss & MASK
@@ -388,7 +390,7 @@ class Connection:
     def _tfo_syn(self, now: float) -> Segment:
         """RFC 7413 §4.1.2: the SYN with our cookie and as much queued data as one MSS holds."""
         seg = self._syn_segment(SYN, now)
-        room = min(self.config.mss, self._tfo_mss) - (12 if self.config.timestamps else 0)
+        room = min(self.config.send_mss or self.config.mss, self._tfo_mss) - (12 if self.config.timestamps else 0)
         n = min(len(self.snd_buf), max(room, 0))
         if n:
             seg.payload = bytes(self.snd_buf[:n])
@@ -443,7 +445,7 @@ class Connection:
         if self.ts_ok:
             self.ts_recent = seg.tsval
             self.ts_recent_time = now
-        mss = min(cfg.mss, self.mss_peer) - (12 if self.ts_ok else 0)
+        mss = min(cfg.send_mss or cfg.mss, self.mss_peer) - (12 if self.ts_ok else 0)
         self.eff_mss = max(mss, 64)
         self.cc.set_mss(self.eff_mss)
         self.cc.cwnd = cfg.initial_window_segments * self.eff_mss
