@@ -122,3 +122,37 @@ def test_packet_too_big_lowers_the_size_and_the_bound():
     assert pm.plpmtu == 1380
     pm.packet_too_big(100, 10.0)                   # absurd: ignored
     assert pm.plpmtu == 1380
+
+
+def _probe_sizes(pm: Plpmtud, path: int, now: float = 0.0, limit: int = 200) -> list[int]:
+    """Drive ``pm`` over a path carrying datagrams up to ``path`` bytes; the sizes probed."""
+    sizes = []
+    for _ in range(limit):
+        size = pm.probe_size(now)
+        if size is None:
+            break
+        sizes.append(size)
+        if size <= path:
+            pm.probe_acked(size, now)
+        else:
+            pm.probe_lost(size, now)
+        now += 0.1
+    return sizes
+
+
+def test_search_table_finds_ethernet_behind_a_loopback_sized_interface():
+    """Largest first (the interface's 65507), then jumbo and Ethernet sizes from the
+    table, then bisection above the confirmed size (RFC 4821 §7.7, RFC 8899 §5.3)."""
+    pm = Plpmtud(0.0, max_plpmtu=65507)
+    sizes = _probe_sizes(pm, 1472)
+    assert sizes[:10] == [1200, 65507, 65507, 65507, 8972, 8972, 8972, 1472, (1472 + 8971 + 1) // 2,
+                          (1472 + 8971 + 1) // 2]
+    assert pm.state is PmtuState.SEARCH_COMPLETE and pm.plpmtu == 1472
+    assert len(sizes) < 40
+
+
+def test_search_table_jumbo_path_and_sizes_outside_the_bounds_are_skipped():
+    pm = Plpmtud(0.0, max_plpmtu=65507)
+    assert _probe_sizes(pm, 8972)[:6] == [1200, 65507, 65507, 65507, 8972, (8972 + 65506 + 1) // 2]
+    pm = Plpmtud(0.0, max_plpmtu=1472)               # an Ethernet interface: 8972 is never tried
+    assert _probe_sizes(pm, 1472) == [1200, 1472]

@@ -12,9 +12,12 @@ even ``base`` does not get through (use ``min_plpmtu`` and keep trying ``base``)
 A black hole (repeated loss of full-sized datagrams while the path otherwise
 works, §4.3/§5.2) sends the machine back to BASE with ``plpmtu = base``.
 
-Search (§5.3): first the largest candidate (``max_plpmtu``, most paths carry it),
-then a binary search between the largest size acknowledged and the smallest size
-that failed, down to ``granularity`` bytes. A size fails after ``max_probes``
+Search (§5.3): first the largest candidate (``max_plpmtu``, the local interface's
+limit, which most paths carry), then the common sizes of ``common`` (a search table
+as RFC 4821 §7.7 suggests: jumbo and Ethernet frames, so a path from a large-MTU
+interface across an Ethernet link settles in a few probes), then a binary search
+between the largest size acknowledged and the smallest size that failed, down to
+``granularity`` bytes. A size fails after ``max_probes``
 (MAX_PROBES = 3, §5.1.2) unacknowledged probes. A probe is unacknowledged when the
 runtime says so (:meth:`probe_lost`) or when ``probe_timeout`` passes
 (PROBE_TIMER, §5.1.1). One probe is outstanding at a time.
@@ -55,6 +58,9 @@ def udp_payload_limit(interface_mtu: int, ipv6: bool) -> int:
     return interface_mtu - (48 if ipv6 else 28)
 
 
+COMMON_MTUS = (9000, 1500)   # jumbo and Ethernet frames: the search table's entries
+
+
 class Plpmtud:
     """The RFC 8899 state machine for one path (one UDP peer)."""
 
@@ -62,8 +68,10 @@ class Plpmtud:
                  base: int | None = None, min_plpmtu: int = MIN_PLPMTU,
                  max_probes: int = MAX_PROBES, probe_timeout: float = PROBE_TIMEOUT,
                  raise_interval: float = RAISE_INTERVAL, black_hole_losses: int = BLACK_HOLE_LOSSES,
-                 granularity: int = GRANULARITY) -> None:
+                 granularity: int = GRANULARITY, common: tuple[int, ...] | None = None) -> None:
         base = base if base is not None else (BASE_PLPMTU_V6 if ipv6 else BASE_PLPMTU_V4)
+        if common is None:
+            common = tuple(udp_payload_limit(m, ipv6) for m in COMMON_MTUS)
         if not min_plpmtu <= base <= max_plpmtu:
             raise ValueError(f"need min_plpmtu <= base <= max_plpmtu, got {min_plpmtu}, {base}, {max_plpmtu}")
         self.base = base
@@ -74,6 +82,7 @@ class Plpmtud:
         self.raise_interval = raise_interval
         self.black_hole_losses = black_hole_losses
         self.granularity = granularity
+        self.common = tuple(sorted(common, reverse=True))   # tried after the largest, before bisecting
         self.state = PmtuState.BASE
         self.plpmtu = base            # the size in use (RFC 8899: PLPMTU)
         self.changed = False          # plpmtu moved since the caller last cleared this
@@ -115,6 +124,9 @@ class Plpmtud:
             return None
         if hi == self.max_plpmtu and not self._tried_max:
             return hi                     # optimistic first probe: the largest size
+        for size in self.common:          # a common size neither confirmed nor failed yet
+            if lo < size <= hi:
+                return size
         return (lo + hi + 1) // 2
 
     def next_deadline(self) -> float | None:
