@@ -12,11 +12,15 @@ from toucli import tunnel as tunnel_mod
 from toucli.cli import main
 from toucli.stack.config import ConnectionConfig
 from toucli.stack.endpoint import Endpoint
+from toucli.session import Auth, SecureEndpoint
 from toucli.stack.pmtu import PmtuState
 from toucli.tunnel import (
-    DEFAULT_CC, EXIT_USAGE, Channel, PlainTransport, Tunnel, TunnelError, engine_config, mss_for,
+    DEFAULT_CC, EXIT_USAGE, Channel, PlainTransport, SecureTransport, Tunnel, TunnelError, engine_config,
+    mss_for,
 )
 from toucli.udp import UdpSocket
+
+from securenet import secret
 
 
 # ------------------------------------------------------------------ --cc / engine_config
@@ -190,12 +194,17 @@ def _narrow(limit: int) -> NarrowSocket:
     return u
 
 
-async def _pmtu_pair(limit: int, transfer: int = 400_000):
-    cfg = engine_config(socket.AF_INET, PlainTransport.overhead)
+def _secure(role: str) -> SecureTransport:
+    return SecureTransport(SecureEndpoint(role, Auth.secret(secret(b"path mtu test secret words"))))
+
+
+async def _pmtu_pair(limit: int, transfer: int = 400_000, secure: bool = False):
+    server_t, client_t = (_secure("server"), _secure("client")) if secure else (PlainTransport(), PlainTransport())
+    cfg = engine_config(socket.AF_INET, server_t.overhead)
     accepted: asyncio.Queue[Channel] = asyncio.Queue()
-    server = Tunnel(_narrow(limit), PlainTransport(), cfg, on_accept=accepted.put_nowait, pmtu=True)
+    server = Tunnel(_narrow(limit), server_t, cfg, on_accept=accepted.put_nowait, pmtu=True)
     server.listen()
-    client = Tunnel(_narrow(limit), PlainTransport(), cfg, pmtu=True)
+    client = Tunnel(_narrow(limit), client_t, cfg, pmtu=True)
     try:
         ch = client.connect(server.usock.local_address())
         await asyncio.wait_for(ch.connected, 5)
@@ -226,13 +235,44 @@ async def _pmtu_pair(limit: int, transfer: int = 400_000):
         server.close()
 
 
-def test_discovery_finds_the_full_1500_byte_path_on_loopback() -> None:
-    result, client, server = asyncio.run(_pmtu_pair(65535))
+def test_discovery_finds_the_loopback_interface_limit() -> None:
+    """Loopback's MTU (65535, from IP_MTU) bounds the search: the first probe beyond
+    the base size carries the largest UDP payload, and the data follows."""
+    assert UdpSocket.bind("127.0.0.1", 0).route_mtu(("127.0.0.1", 9)) == 65535
+    result, client, server = asyncio.run(_pmtu_pair(65535, transfer=2_000_000))
     for plpmtu, state, mss in result:
-        assert state is PmtuState.SEARCH_COMPLETE and plpmtu == 1472
-        assert mss == 1472 - 4 - 20 - 40 - 12          # GUE, TCP header, options headroom, timestamps
+        assert state is PmtuState.SEARCH_COMPLETE and plpmtu == 65507
+        assert mss == 65507 - 4 - 20 - 40 - 12          # GUE, TCP header, options headroom, timestamps
     assert client.usock.df and server.usock.df
-    assert client.path_mtu == server.path_mtu == 1500 and client.stats()["pmtu_probes"] == 2   # base, then 1472
+    assert client.path_mtu == server.path_mtu == 65535 and client.stats()["pmtu_probes"] == 2   # base, then max
+    assert client.usock.data_dropped == server.usock.data_dropped == 0
+
+
+def test_secure_discovery_stops_at_one_full_record() -> None:
+    """DTLS records hold at most 2^14 bytes (RFC 6347 §4.1), so the secure transport's
+    largest datagram is one full record: the search ends there, the MSS follows, and
+    the SYN announces it."""
+    result, client, server = asyncio.run(_pmtu_pair(65535, transfer=2_000_000, secure=True))
+    largest = client.transport.max_datagram
+    assert largest == 12 + 13 + 8 + 16384 + 16
+    for plpmtu, state, mss in result:
+        assert state is PmtuState.SEARCH_COMPLETE and plpmtu == largest
+        assert mss == largest - client.transport.overhead - 20 - 40 - 12
+    assert client.config.mss == largest - client.transport.overhead - 20 - 40
+    assert client.config.send_mss == mss_for(socket.AF_INET, client.transport.overhead)
+
+
+def test_mtu_option_larger_than_a_record_is_capped() -> None:
+    """``--mtu 65535`` on the secure transport cannot make segments a record cannot hold."""
+    async def run():
+        t = _secure("client")
+        tun = Tunnel(_narrow(65535), t, engine_config(socket.AF_INET, t.overhead, mtu=65535))
+        try:
+            return tun.config.mss, tun.mss_for_datagram(t.max_datagram)
+        finally:
+            tun.close()
+    mss, cap = asyncio.run(run())
+    assert mss == cap
 
 
 def test_discovery_settles_below_a_narrow_path_and_data_flows(monkeypatch) -> None:

@@ -34,6 +34,7 @@ import socket
 import stat
 import sys
 import threading
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, Hashable, Protocol
 
 from toucli.stack.config import ConnectionConfig
@@ -42,10 +43,10 @@ from toucli.stack.endpoint import Endpoint
 from toucli.stack.errors import LocalError
 from toucli.stack.events import Closed, Connected, Error, PeerClosed, Readable, Reset, Writable
 from toucli.stack.gue import PLAIN_HEADER, PLAIN_HEADER_LEN, GueHeader, parse_header
-from toucli.stack.pmtu import BASE_PLPMTU_V4, BASE_PLPMTU_V6, Plpmtud
+from toucli.stack.pmtu import BASE_PLPMTU_V4, BASE_PLPMTU_V6, Plpmtud, udp_payload_limit
 from toucli.stack.segment import Segment
 from toucli.stack.tcp import TcpDrop, decode_segment, encode_segment
-from toucli.udp import Address, UdpSocket
+from toucli.udp import MAX_UDP_PAYLOAD, Address, UdpSocket
 
 STREAM_PORT = 1              # inner TCP port of the listen/connect byte stream (docs/PROTOCOL.md §9)
 BATCH_PER_CONNECTION = 16    # segments fed to one connection before its output is drained
@@ -58,7 +59,7 @@ DEFAULT_KEEPALIVE = 30.0     # seconds until a silent peer is declared dead
 DEFAULT_CC = "bbr"           # the runtime's congestion control (README "Congestion control")
 CLOSE_TIMEOUT = 2.0          # graceful close on a signal: how long FINs may take
 PMTU_TICK = 0.5              # seconds between path-MTU timer checks (probe timeouts, black holes)
-PMTU_PROBE_TIMEOUT = 2.0     # a probe unanswered this long is lost (RFC 8899 PROBE_TIMER)
+PMTU_PROBE_TIMEOUT = 2.0     # a probe unanswered for the RTO, at most this long, is lost (RFC 8899 PROBE_TIMER)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -128,8 +129,10 @@ class Transport(Protocol):
 
     name: str
     overhead: int          # bytes a datagram carries on top of the TCP segment
+    max_datagram: int      # the largest datagram it can build (UDP payload bytes)
 
     def open(self, addr: Address, now: float) -> Hashable: ...
+    def address(self, peer: Hashable) -> Address: ...
     def decode(self, data: memoryview, addr: Address, now: float, out: list) -> None: ...
     def encode(self, peer: Hashable, seg: Segment) -> tuple[bytes, Address] | None: ...
     def failure(self, event: Any) -> tuple[Hashable, TunnelError] | None: ...
@@ -148,12 +151,16 @@ class PlainTransport:
 
     name = "cleartext"
     overhead = PLAIN_HEADER_LEN
+    max_datagram = MAX_UDP_PAYLOAD
 
     def __init__(self) -> None:
         self.drops = 0
 
     def open(self, addr: Address, now: float) -> Hashable:
         return addr
+
+    def address(self, peer: Hashable) -> Address:
+        return peer
 
     def decode(self, data: memoryview, addr: Address, now: float, out: list) -> None:
         if data[:PLAIN_HEADER_LEN] == PLAIN_HEADER:
@@ -205,15 +212,19 @@ class SecureTransport:
 
     def __init__(self, endpoint: Any) -> None:
         from toucli.session import GUE_HEADER_LEN
-        from toucli.record import RECORD_HEADER_LEN
+        from toucli.record import MAX_PLAINTEXT, RECORD_HEADER_LEN
 
         self.ep = endpoint
         self.overhead = GUE_HEADER_LEN + RECORD_HEADER_LEN + 8 + 16   # AES-GCM: explicit nonce + tag
+        self.max_datagram = self.overhead + MAX_PLAINTEXT                # one record per datagram
         self.drops = 0
         self._waiting: dict[Any, list[bytes]] = {}
 
     def open(self, addr: Address, now: float) -> Hashable:
         return self.ep.connect(addr, now)
+
+    def address(self, peer: Any) -> Address:
+        return peer.peer_addr
 
     def decode(self, data: memoryview, addr: Address, now: float, out: list) -> None:
         for session, raw in self.ep.datagram_received(bytes(data), addr, now):
@@ -448,10 +459,20 @@ class Tunnel:
                  on_accept: Callable[[Channel], None] | None = None,
                  on_event: Callable[[Any], None] | None = None,
                  secret: bytes | None = None, pmtu: bool = False) -> None:
-        """``pmtu``: discover the path MTU per peer (without it the MSS stays ``config.mss``)."""
+        """``pmtu``: discover the path MTU per peer (without it the MSS stays ``config.mss``).
+
+        No segment may outgrow ``transport.max_datagram``, so the MSS is capped by it.
+        With ``pmtu`` the SYN announces that cap (what this end can receive, RFC 9293
+        §3.7.1) and connections send ``config.mss`` until the peer's search raises it.
+        """
         self.loop = asyncio.get_running_loop()
         self.usock = usock
         self.transport = transport
+        cap = self.mss_for_datagram(transport.max_datagram)
+        if pmtu:
+            config = replace(config, mss=cap, send_mss=min(config.send_mss or config.mss, cap))
+        elif config.mss > cap:
+            config = replace(config, mss=cap, send_mss=None)
         self.config = config
         self.ep = Endpoint(config, secret or os.urandom(32))
         self.on_accept = on_accept
@@ -736,8 +757,12 @@ class Tunnel:
         path = self.paths.get(peer)
         now = self.loop.time()
         if path is None:
-            ipv6 = self.usock.family == socket.AF_INET6
+            addr = self.transport.address(peer)
+            ipv6 = self.usock.family == socket.AF_INET6 and not str(addr[0]).startswith("::ffff:")
             largest = self.config.mss + self.transport.overhead + TCP_HEADER + TCP_OPTIONS_HEADROOM
+            route = self.usock.route_mtu(addr)       # RFC 8899 §5.1.2: MAX_PLPMTU <= the interface's
+            if route is not None:
+                largest = min(largest, udp_payload_limit(route, ipv6))
             path = self.paths[peer] = PathMtu(peer, now, largest, ipv6)
         conn.set_mss(self.mss_for_datagram(path.pm.plpmtu))
         path.rtos[conn] = (conn.rto_count, conn.bytes_acked)
@@ -759,6 +784,7 @@ class Tunnel:
         conn = self._pmtu_conn(path)
         if conn is None:
             return
+        path.pm.probe_timeout = min(PMTU_PROBE_TIMEOUT, conn.rtt.rto)   # an answer takes one RTT
         size = path.pm.probe_size(now)
         if size is None:
             self._pmtu_apply(path)
@@ -854,12 +880,13 @@ class Tunnel:
     @property
     def path_mtu(self) -> int:
         """The path MTU (IP packet bytes) in use: ``--mtu``, else the largest one discovery
-        settled on among the peers, else the upper bound 1500 (shown by the statistics)."""
+        settled on among the peers, else the starting size 1500 (shown by the statistics)."""
         ip_udp = 48 if self.usock.family == socket.AF_INET6 else 28
         sizes = [p.pm.plpmtu for p in self.paths.values()]
         if sizes:
             return max(sizes) + ip_udp
-        return self.config.mss + self.transport.overhead + TCP_HEADER + TCP_OPTIONS_HEADROOM + ip_udp
+        mss = self.config.send_mss or self.config.mss
+        return mss + self.transport.overhead + TCP_HEADER + TCP_OPTIONS_HEADROOM + ip_udp
 
     def stats(self) -> dict:
         u = self.usock

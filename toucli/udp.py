@@ -42,6 +42,9 @@ PENDING_LIMIT = 4096       # datagrams queued while the socket would block; beyo
 IP_MTU_DISCOVER = 10       # linux/in.h
 IPV6_MTU_DISCOVER = 23     # linux/in6.h
 PMTUDISC_PROBE = 3         # IP_PMTUDISC_PROBE / IPV6_PMTUDISC_PROBE: DF set, the PMTU cache ignored
+IP_MTU = 14                # linux/in.h: the route's MTU, on a connected socket
+IPV6_MTU = 24              # linux/in6.h
+MAX_UDP_PAYLOAD = 65507    # 65535 less the IPv4 (20) and UDP (8) headers
 
 _U16 = struct.Struct("=H")
 _INT = struct.Struct("=i")
@@ -89,6 +92,24 @@ class UdpSocket:
             sock.close()
             raise
         return cls(sock, **kw)
+
+    def route_mtu(self, addr: Address) -> int | None:
+        """The MTU of the local interface the route to ``addr`` leaves by (``ip(7)`` IP_MTU).
+
+        RFC 8899 §5.1.2 bounds the search by it (MAX_PLPMTU). Asked of a throwaway
+        socket connected to ``addr``, so this socket stays unconnected. None if the
+        kernel does not say.
+        """
+        probe = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            probe.connect(addr)
+            if self.family == socket.AF_INET6:
+                return probe.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+            return probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
+        except OSError:
+            return None
+        finally:
+            probe.close()
 
     def connect(self, addr: Address) -> None:
         """Fix the peer: only its datagrams are received, and ICMP errors become ECONNREFUSED."""

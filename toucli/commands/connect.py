@@ -63,7 +63,7 @@ def transport_options(fn: Callable) -> Callable:
             help=f"Congestion control: {', '.join(cc_names())} (default {DEFAULT_CC})."),
         opt("--mtu", type=MTU, metavar="N",
             help="Path MTU in bytes (IP packet size): fixes the segment size and turns path-MTU "
-                 "discovery off (default: discover, up to 1500)."),
+                 "discovery off (default: discover, up to the local interface's MTU)."),
     ]
     for d in reversed(decorators):
         fn = d(fn)
