@@ -13,7 +13,8 @@ from toucli.stack.gue import PLAIN_HEADER
 from toucli.stack.segment import ACK, SYN, Segment
 from toucli.stack.tcp import encode_segment
 from toucli.tunnel import (
-    BATCH_PER_CONNECTION, Channel, PlainTransport, Tunnel, TunnelError, engine_config, mss_for,
+    BATCH_PER_CONNECTION, Channel, FdStream, PlainTransport, Tunnel, TunnelError, engine_config, mss_for,
+    splice,
 )
 from toucli.udp import UdpSocket
 
@@ -257,6 +258,100 @@ def test_garbage_datagrams_are_ignored() -> None:
             assert await read_all(b) == b"still fine"
             assert p.server.transport.drops >= 3
         finally:
+            p.close()
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ Pump (splice)
+def _small_socketpair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return a, b
+
+
+def test_splice_moves_exact_bytes_both_ways_past_a_slow_local_reader() -> None:
+    """Local socket <-> channel through a Pump, like ``forward``: the local reader is
+    slow, so the pump's writes would block; nothing is lost or reordered, the peer's
+    writer is held back by the closed window, and half-close travels both ways."""
+    async def main() -> None:
+        p = Pair(buffer=256 << 10)
+        loop = asyncio.get_running_loop()
+        try:
+            a, b = await p.open()
+            near, far = _small_socketpair()
+            far.setblocking(False)
+            up, down = os.urandom(1_000_000), os.urandom(3_000_000)
+            pump = asyncio.ensure_future(splice(a, FdStream(near.fileno(), sock=near),
+                                                FdStream(near.fileno(), sock=near)))
+
+            async def remote() -> bytes:             # the far channel: send down, collect up
+                sender = asyncio.ensure_future(b.write(down))
+                got = await read_all(b)
+                await sender
+                b.write_eof()
+                return got
+
+            async def local() -> bytes:              # a slow local application on the other end
+                await loop.sock_sendall(far, up)
+                far.shutdown(socket.SHUT_WR)
+                parts = []
+                while True:
+                    await asyncio.sleep(0.002)
+                    data = await loop.sock_recv(far, 16384)
+                    if not data:
+                        return b"".join(parts)
+                    parts.append(data)
+
+            got_up, got_down = await asyncio.wait_for(asyncio.gather(remote(), local()), 60)
+            await asyncio.wait_for(pump, 10)
+            assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
+            assert hashlib.sha256(got_down).digest() == hashlib.sha256(down).digest()
+            assert a.finished
+            far.close()
+        finally:
+            p.close()
+
+    asyncio.run(main())
+
+
+def test_pumps_sharing_a_sink_write_whole_chunks_in_turn() -> None:
+    """``listen -k`` shares stdout: when one pump's chunk is cut short by a full pipe
+    it owns the sink until the rest is out; the other waits instead of writing into
+    the middle of it (or stealing its writability callback)."""
+    import fcntl
+
+    async def main() -> None:
+        p = Pair()
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe()
+        fcntl.fcntl(w, 1031, 4096)                   # F_SETPIPE_SZ: a one-page pipe
+        try:
+            (a1, b1), (a2, b2) = await p.open(), await p.open()
+            await a1.write(b"A" * 20000)
+            await a2.write(b"B" * 20000)
+            a1.write_eof()
+            a2.write_eof()
+            while len(b1.conn.rcv_buf) < 20000 or len(b2.conn.rcv_buf) < 20000 or not (b1.at_eof and b2.at_eof):
+                await asyncio.sleep(0.01)           # both whole messages wait in the receive buffers
+            sink = FdStream(w)
+            pumps = [asyncio.ensure_future(splice(b, None, sink, close_sink=False)) for b in (b1, b2)]
+            os.set_blocking(r, False)
+            out = bytearray()
+            deadline = loop.time() + 10
+            while len(out) < 40000 and loop.time() < deadline:
+                await asyncio.sleep(0.005)
+                try:
+                    out += os.read(r, 1000)
+                except BlockingIOError:
+                    pass
+            await asyncio.wait_for(asyncio.gather(*pumps), 10)
+            assert bytes(out) in (b"A" * 20000 + b"B" * 20000, b"B" * 20000 + b"A" * 20000)
+        finally:
+            os.close(r)
+            os.close(w)
             p.close()
 
     asyncio.run(main())

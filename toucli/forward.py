@@ -626,7 +626,6 @@ class StatusGate:
         self.what = what
         self.reset = reset
         self.ok = False               # the status said success
-        self.sink: FdStream | None = None
         self._buf = b""
         self._timer: asyncio.TimerHandle | None = ch.tunnel.loop.call_later(timeout, self._expire)
 
@@ -640,29 +639,28 @@ class StatusGate:
             self._timer.cancel()
             self._timer = None
 
-    async def write(self, data: bytes) -> None:
-        assert self.sink is not None
-        if not self.ok:
-            self._buf += data
-            parsed = parse_status(self._buf)
-            if parsed is None:
-                return
-            status, reason, used = parsed
-            self.cancel()
-            if status != STATUS_OK:
-                raise Refused(status, reason)
-            self.ok = True
-            data, self._buf = self._buf[used:], b""
-            if not data:
-                return
-        await self.sink.write(data)
+    def take(self, data: bytes) -> bytes:
+        """What of ``data`` (from the channel) goes on to the local socket; raises
+        :class:`Refused` on a refusal."""
+        if self.ok:
+            return data
+        self._buf += data
+        parsed = parse_status(self._buf)
+        if parsed is None:
+            return b""
+        status, reason, used = parsed
+        self.cancel()
+        if status != STATUS_OK:
+            raise Refused(status, reason)
+        self.ok = True
+        data, self._buf = self._buf[used:], b""
+        return data
 
-    def write_eof(self) -> None:
-        assert self.sink is not None
+    def end(self) -> None:
+        """The channel's EOF: an error unless the status came first."""
         if not self.ok:
             self.cancel()
             raise TunnelError("the peer closed without answering (is it 'tou forward --serve'?)")
-        self.sink.write_eof()
 
 
 async def bridge(ch: Channel, sock: socket.socket, *, gate: StatusGate | None = None) -> None:
@@ -674,14 +672,10 @@ async def bridge(ch: Channel, sock: socket.socket, *, gate: StatusGate | None = 
     closed, or reset with ``gate.reset``) or TunnelError (reset).
     """
     stream = FdStream(sock.fileno(), sock=sock)
-    sink: Any = stream
-    if gate is not None:
-        gate.sink = stream
-        sink = gate
     failed = False
     error: TunnelError | None = None
     try:
-        await splice(ch, stream, sink)
+        await splice(ch, stream, stream, gate=gate)
     except Refused as exc:
         error = exc
         failed = gate is not None and gate.reset

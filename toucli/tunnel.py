@@ -317,6 +317,7 @@ class Channel:
         self.label: str | None = None   # what the dashboard shows, e.g. a forwarded target
         self._reader: asyncio.Future[None] | None = None
         self._writer: asyncio.Future[None] | None = None
+        self.notify: Callable[[str], None] | None = None   # a Pump: told of "r", "w" and "fail" at once
         if conn.state == State.ESTABLISHED:
             self.connected.set_result(None)
 
@@ -328,18 +329,42 @@ class Channel:
         return self.tunnel.transport.describe(self.conn.peer)
 
     # ---- application side
+    def take(self, max_bytes: int = READ_CHUNK) -> bytes:
+        """Up to ``max_bytes`` in-order bytes buffered now; ``b""`` when none are."""
+        data = self.conn.recv(max_bytes)
+        if data:
+            self.bytes_in += len(data)
+            self.last_activity = self.tunnel.loop.time()
+            self.tunnel.kick()          # the window may have opened
+        return data
+
+    @property
+    def at_eof(self) -> bool:
+        """Nothing more will arrive: the peer's FIN, or the connection ended."""
+        return self.peer_closed or self.done.done()
+
+    def offer(self, data: bytes | memoryview) -> int:
+        """Queue as much of ``data`` as the send buffer takes now; the count. Raises TunnelError."""
+        if self.error is not None:
+            raise self.error
+        try:
+            n = self.conn.send(data)
+        except LocalError:
+            raise self.error or TunnelError("connection closed") from None
+        if n:
+            self.bytes_out += n
+            self.last_activity = self.tunnel.loop.time()
+        return n
+
     async def read(self, max_bytes: int = READ_CHUNK) -> bytes:
         """Up to ``max_bytes`` in-order bytes; ``b""`` after the peer's FIN. Raises TunnelError on failure."""
         while True:
-            data = self.conn.recv(max_bytes)
+            data = self.take(max_bytes)
             if data:
-                self.bytes_in += len(data)
-                self.last_activity = self.tunnel.loop.time()
-                self.tunnel.kick()          # the window may have opened
                 return data
             if self.error is not None:
                 raise self.error
-            if self.peer_closed or self.done.done():
+            if self.at_eof:
                 return b""
             self._reader = self.tunnel.loop.create_future()
             try:
@@ -351,15 +376,8 @@ class Channel:
         """Queue all of ``data``, waiting for send-buffer space as the peer acknowledges."""
         view = memoryview(data)
         while view:
-            if self.error is not None:
-                raise self.error
-            try:
-                n = self.conn.send(view)
-            except LocalError:
-                raise self.error or TunnelError("connection closed") from None
+            n = self.offer(view)
             if n:
-                self.bytes_out += n
-                self.last_activity = self.tunnel.loop.time()
                 view = view[n:]
                 self.tunnel.kick()
             if view:
@@ -408,6 +426,8 @@ class Channel:
         fut = self._reader if which == "r" else self._writer
         if fut is not None and not fut.done():
             fut.set_result(None)
+        if self.notify is not None:
+            self.notify(which)
 
     def _fail(self, error: TunnelError) -> None:
         if self.done.done():
@@ -419,6 +439,8 @@ class Channel:
                 fut.exception()     # retrieved: a failure may have nobody waiting for it
         self.done.set_exception(error)
         self.done.exception()
+        if self.notify is not None:
+            self.notify("fail")
 
     def _finish(self) -> None:
         self._wake("r")
@@ -480,6 +502,7 @@ class Tunnel:
         self.channels: dict[Connection, Channel] = {}
         self._closing: set[Channel] = set()
         self._scheduled = False
+        self._servicing = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._closed = False
@@ -526,8 +549,12 @@ class Tunnel:
         return ch
 
     def kick(self) -> None:
-        """Schedule one service round (output, events, timer) for this loop iteration."""
-        if not self._scheduled and not self._closed:
+        """Schedule one service round (output, events, timer) for this loop iteration.
+
+        Not needed during a service round: the round sends again after every batch
+        of events it dispatched.
+        """
+        if not self._scheduled and not self._closed and not self._servicing:
             self._scheduled = True
             self.loop.call_soon(self._service)
 
@@ -547,8 +574,9 @@ class Tunnel:
         self.flush()
 
     def flush(self) -> None:
-        """Run one service round now (e.g. to send the final ACK before exiting)."""
-        if not self._closed:
+        """Run one service round now: send what the connections have, in this callback
+        (a pump's fresh bytes, the final ACK before exiting). Inside a round: nothing to do."""
+        if not self._closed and not self._servicing:
             self._service()
 
     def close(self) -> None:
@@ -640,10 +668,14 @@ class Tunnel:
             return
         if now is None:
             now = self.loop.time()
-        for _ in range(8):
-            self._output(now)
-            if not self._dispatch():
-                break
+        self._servicing = True
+        try:
+            for _ in range(8):
+                self._output(now)
+                if not self._dispatch():
+                    break
+        finally:
+            self._servicing = False
         if self._probing:
             self._pmtu_poll(now)
         if self._closing:
@@ -923,6 +955,8 @@ class FdStream:
         else:
             self.kind = "file"
         self._was_blocking: bool | None = None
+        self.owner: object | None = None          # the Pump whose chunk is half written (shared sinks)
+        self.waiting: list[Callable[[], None]] = []   # pumps waiting for the owner to finish
         if self.kind == "poll":
             self._was_blocking = os.get_blocking(fd)
             os.set_blocking(fd, False)
@@ -1028,66 +1062,261 @@ def stdio_streams() -> tuple[FdStream, FdStream]:
     return FdStream(sys.stdin.fileno()), FdStream(sys.stdout.fileno())
 
 
-async def splice(ch: Channel, source: FdStream | None, sink: FdStream | None, *,
-                 on_source_eof: Callable[[], None] | None = None,
-                 close_sink: bool = True) -> None:
-    """Copy ``source`` -> ``ch`` and ``ch`` -> ``sink`` until both directions ended.
+class Pump:
+    """Copies between local file descriptors and a channel from event-loop callbacks.
 
-    The source's EOF becomes our FIN; the peer's FIN closes the sink's write side.
-    ``source=None`` sends FIN at once; ``sink=None`` discards what arrives. Raises
-    TunnelError when the channel fails; a sink whose reader went away (EPIPE) resets
-    the connection and ends quietly.
+    A coroutine copy loop costs, per chunk and direction, a future, a task switch
+    and an ``epoll_ctl`` pair, which for interactive traffic is most of what a
+    round trip spends in tou. Here a pollable source stays registered with the
+    loop: its callback reads, hands the bytes to the connection and sends the
+    segments in the same loop turn. What the channel delivers is written to the
+    sink from the tunnel's own event dispatch, in the turn the datagram arrived.
+
+    Backpressure both ways: the source is not watched while the send buffer is
+    full (until the channel is writable again); the channel is not read while the
+    sink would block (until the sink is writable), so its receive window closes.
+    Regular files and terminals, which cannot be polled, are read by a coroutine.
     """
 
-    async def up() -> None:
-        if source is not None:
+    def __init__(self, ch: Channel, source: FdStream | None, sink: FdStream | None, *,
+                 gate: Any = None, on_source_eof: Callable[[], None] | None = None,
+                 close_sink: bool = True) -> None:
+        self.ch = ch
+        self.tunnel = ch.tunnel
+        self.loop = ch.tunnel.loop
+        self.source = source
+        self.sink = sink
+        self.gate = gate                  # forward.StatusGate: take(data) -> data, end()
+        self.on_source_eof = on_source_eof
+        self.close_sink = close_sink
+        self.ended: asyncio.Future[None] = self.loop.create_future()   # both directions, or the failure
+        self._up_open = True
+        self._down_open = True
+        self._held: memoryview | None = None         # source bytes the send buffer has not taken yet
+        self._unwritten: memoryview | None = None    # channel bytes the sink has not taken yet
+        self._source_watched = False
+        self._sink_watched = False
+        self._up_task: asyncio.Future[None] | None = None
+
+    async def run(self) -> None:
+        """Copy until both directions ended and our FIN was acknowledged; raise what stopped it."""
+        ch = self.ch
+        ch.notify = self._notify
+        try:
+            if self.source is None:
+                self._source_eof()
+            elif self.source.kind == "poll":
+                self._watch_source(True)
+            else:
+                self._up_task = asyncio.ensure_future(self._up_unpolled())
+            self._deliver()
+            await self.ended
+            await _until_finished(ch)
+        finally:
+            ch.notify = None
+            self._watch_source(False)
+            self._watch_sink(False)
+            self._release_sink()
+            if self._up_task is not None and not self._up_task.done():
+                self._up_task.cancel()
+                try:
+                    await self._up_task
+                except BaseException:
+                    pass
+
+    # ---- source -> channel
+    def _watch_source(self, on: bool) -> None:
+        if on == self._source_watched or self.source is None:
+            return
+        self._source_watched = on
+        if on:
+            self.loop.add_reader(self.source.fd, self._on_source)
+        else:
+            self.loop.remove_reader(self.source.fd)
+
+    def _on_source(self) -> None:
+        assert self.source is not None
+        try:
+            data = os.read(self.source.fd, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._source_eof()
+            return
+        self._push(memoryview(data))
+
+    def _push(self, view: memoryview) -> None:
+        try:
+            n = self.ch.offer(view)
+        except TunnelError as exc:
+            self._stop(exc)
+            return
+        if n < len(view):
+            self._held = view[n:]
+            self._watch_source(False)
+        elif self._held is not None:
+            self._held = None
+            self._watch_source(True)
+        if n:
+            self.tunnel.flush()
+
+    def _source_eof(self) -> None:
+        self._watch_source(False)
+        self._up_open = False
+        self.ch.write_eof()
+        if self.on_source_eof is not None:
+            self.on_source_eof()
+        self._check_done()
+
+    async def _up_unpolled(self) -> None:
+        assert self.source is not None
+        try:
             while True:
                 try:
-                    data = await source.read(READ_CHUNK)
+                    data = await self.source.read(READ_CHUNK)
                 except OSError:
                     data = b""
                 if not data:
                     break
-                await ch.write(data)
-        ch.write_eof()
-        if on_source_eof is not None:
-            on_source_eof()
+                await self.ch.write(data)
+        except TunnelError as exc:
+            self._stop(exc)
+            return
+        self._source_eof()
 
-    async def down() -> None:
+    # ---- channel -> sink
+    def _notify(self, which: str) -> None:
+        try:
+            if which == "w":
+                if self._held is not None:
+                    self._push(self._held)
+            else:                          # "r", or "fail": deliver what is left, then see the error
+                self._deliver()
+        except Exception as exc:           # never into the tunnel's dispatch
+            self._stop(exc)
+
+    def _deliver(self) -> None:
+        if not self._down_open or self._unwritten is not None or self.ended.done():
+            return
+        ch = self.ch
         while True:
-            data = await ch.read(READ_CHUNK)
+            data = ch.take(READ_CHUNK)
             if not data:
                 break
-            if sink is not None:
+            if self.gate is not None:
                 try:
-                    await sink.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    ch.abort("local reader went away")
-                    raise _ReaderGone() from None
-        if sink is not None and close_sink:
-            sink.write_eof()
+                    data = self.gate.take(data)
+                except TunnelError as exc:
+                    self._stop(exc)
+                    return
+            if data and self.sink is not None and not self._write(memoryview(data)):
+                return
+        if ch.error is not None:
+            self._stop(ch.error)
+        elif ch.at_eof:
+            self._down_open = False
+            try:
+                if self.gate is not None:
+                    self.gate.end()
+            except TunnelError as exc:
+                self._stop(exc)
+                return
+            if self.sink is not None and self.close_sink:
+                self.sink.write_eof()
+            self._check_done()
 
-    up_task = asyncio.ensure_future(up())
-    down_task = asyncio.ensure_future(down())
+    def _write(self, view: memoryview) -> bool:
+        """Write all of ``view`` to the sink; False if it would block (the rest waits) or failed.
+
+        A sink shared by several pumps (``listen -k`` on stdout) gets whole chunks: a
+        pump whose chunk is cut short owns the sink until the rest is out, and the
+        others wait their turn (:attr:`FdStream.owner`).
+        """
+        sink = self.sink
+        assert sink is not None
+        if sink.owner is not None and sink.owner is not self:
+            self._unwritten = view
+            sink.waiting.append(self._on_sink_writable)
+            return False
+        fd = sink.fd
+        while view:
+            try:
+                n = os.write(fd, view)
+            except (BlockingIOError, InterruptedError):
+                self._unwritten = view
+                sink.owner = self
+                self._watch_sink(True)
+                return False
+            except (BrokenPipeError, ConnectionResetError):
+                self.ch.abort("local reader went away")
+                self._stop(_ReaderGone())
+                return False
+            except OSError as exc:
+                self._stop(exc)
+                return False
+            view = view[n:]
+        self._release_sink()
+        return True
+
+    def _release_sink(self) -> None:
+        sink = self.sink
+        if sink is not None and sink.owner is self:
+            sink.owner = None
+            waiting, sink.waiting = sink.waiting, []
+            for wake in waiting:
+                wake()
+
+    def _watch_sink(self, on: bool) -> None:
+        if on == self._sink_watched or self.sink is None:
+            return
+        self._sink_watched = on
+        if on:
+            self.loop.add_writer(self.sink.fd, self._on_sink_writable)
+        else:
+            self.loop.remove_writer(self.sink.fd)
+
+    def _on_sink_writable(self) -> None:
+        view, self._unwritten = self._unwritten, None
+        self._watch_sink(False)
+        try:
+            if self.ended.done() or (view is not None and not self._write(view)):
+                return
+            self._deliver()
+        except Exception as exc:
+            self._stop(exc)
+        self.tunnel.kick()                 # the receive window may have opened
+
+    # ---- end
+    def _check_done(self) -> None:
+        if not self._up_open and not self._down_open and not self.ended.done():
+            self.ended.set_result(None)
+
+    def _stop(self, exc: BaseException) -> None:
+        self._watch_source(False)
+        self._watch_sink(False)
+        self._release_sink()
+        if not self.ended.done():
+            self.ended.set_exception(exc)
+            self.ended.exception()         # retrieved: run() may have been cancelled first
+
+
+async def splice(ch: Channel, source: FdStream | None, sink: FdStream | None, *,
+                 gate: Any = None, on_source_eof: Callable[[], None] | None = None,
+                 close_sink: bool = True) -> None:
+    """Copy ``source`` -> ``ch`` and ``ch`` -> ``sink`` until both directions ended (a :class:`Pump`).
+
+    The source's EOF becomes our FIN; the peer's FIN closes the sink's write side
+    (unless ``close_sink`` is false). ``source=None`` sends FIN at once; ``sink=None``
+    discards what arrives; ``gate`` (``take``/``end``) sees the incoming bytes first.
+    Raises TunnelError when the channel fails; a sink whose reader went away (EPIPE)
+    resets the connection and ends quietly.
+    """
     try:
-        done, _ = await asyncio.wait({up_task, down_task}, return_when=asyncio.FIRST_EXCEPTION)
-        for t in done:
-            exc = t.exception()
-            if exc is not None:
-                raise exc
-        await _until_finished(ch)
+        await Pump(ch, source, sink, gate=gate, on_source_eof=on_source_eof, close_sink=close_sink).run()
     except _ReaderGone:
         return
-    finally:
-        for t in (up_task, down_task):
-            if not t.done():
-                t.cancel()
-        for t in (up_task, down_task):
-            if not t.cancelled():
-                try:
-                    await t
-                except BaseException:
-                    pass
 
 
 class _ReaderGone(Exception):

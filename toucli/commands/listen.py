@@ -27,24 +27,6 @@ from toucli.session import REASON_UNKNOWN_CLIENT, AuthenticationFailed
 from toucli.udp import UdpSocket
 
 
-class SharedSink:
-    """stdout shared by the connections of ``-k``: whole chunks, one writer at a time, never closed."""
-
-    def __init__(self, stream: FdStream) -> None:
-        self.stream = stream
-        self.lock = asyncio.Lock()
-
-    async def write(self, data: bytes) -> None:
-        async with self.lock:
-            await self.stream.write(data)
-
-    def write_eof(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 @click.command("listen")
 @click.argument("args", nargs=-1, metavar="[ADDR] PORT")
 @session_options
@@ -108,7 +90,6 @@ async def _listen(sig: Signals, s: Settings, transport: Transport, addr: str | N
     first: asyncio.Future[Channel] = loop.create_future()
     active: set[asyncio.Task] = set()
     stdout = FdStream(1)
-    shared = SharedSink(stdout)
 
     def on_accept(ch: Channel) -> None:
         if not keep:
@@ -122,7 +103,7 @@ async def _listen(sig: Signals, s: Settings, transport: Transport, addr: str | N
             s.info(f"refusing {ch.describe()}: {max_conns} connections already (-m)")
             ch.abort("too many connections")
             return
-        task = asyncio.ensure_future(_serve_one(s, ch, shared))
+        task = asyncio.ensure_future(_serve_one(s, ch, stdout))
         active.add(task)
         task.add_done_callback(active.discard)
 
@@ -167,11 +148,11 @@ async def _serve_single(s: Settings, first: asyncio.Future[Channel], stdout: FdS
     return EXIT_OK
 
 
-async def _serve_one(s: Settings, ch: Channel, shared: SharedSink) -> None:
+async def _serve_one(s: Settings, ch: Channel, stdout: FdStream) -> None:
     """One connection of ``-k``: failures are reported and end only this connection."""
     s.info(f"connection from {ch.describe()}")
     try:
-        await session(s, ch, None, shared, close_sink=False)   # type: ignore[arg-type]
+        await session(s, ch, None, stdout, close_sink=False)   # stdout is shared: whole chunks (Pump)
         s.info(f"{ch.describe()}: {summary(ch)}")
     except TunnelError as exc:
         s.warn(str(exc)) if s.verbose else None
