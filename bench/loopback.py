@@ -201,6 +201,21 @@ def _pingpong(ps: Procs, port: int, n: int) -> dict[str, Any]:
     return res or {"error": "ping-pong failed: " + ps.stderr_tail(p)}
 
 
+def _relay_floor(ps: Procs, target: int, n: int) -> dict[str, Any]:
+    """Ping-pong through two ``relay_floor.py`` processes: the layout's cost without tou's work."""
+    su, cu, lport = free_port(kind=2), free_port(kind=2), free_port()
+    relay = str(BENCH / "relay_floor.py")
+    srv = ps.start("relay server", [PY, relay, "server", str(target), str(su), str(cu)], stdout=subprocess.PIPE)
+    cli = ps.start("relay client", [PY, relay, "client", str(lport), str(cu), str(su)], stdout=subprocess.PIPE)
+    for p in (srv, cli):
+        if p.popen.stdout.readline().strip() != b"ready":
+            return {"error": "relay did not start: " + ps.stderr_tail(p)}
+    res = _pingpong(ps, lport, n)
+    ps.stop(cli)
+    ps.stop(srv)
+    return res
+
+
 def latency_suite(n: int = 1000, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     with Procs() as ps:
@@ -209,6 +224,8 @@ def latency_suite(n: int = 1000, log: Callable[[str], None] = print) -> dict[str
         read_json_line(echo, 10)
         out["direct TCP"] = _pingpong(ps, eport, n)
         log(f"  64-byte RTT direct TCP: {out['direct TCP']}")
+        out["floor: two bare Python relays"] = _relay_floor(ps, eport, n)
+        log(f"  64-byte RTT bare relays: {out['floor: two bare Python relays']}")
         for mode in ("default", "tuned"):
             try:
                 kport, lport = free_port(kind=2), free_port()
@@ -224,7 +241,10 @@ def latency_suite(n: int = 1000, log: Callable[[str], None] = print) -> dict[str
             uport, lport = free_port(kind=2), free_port()
             fc, fs = tou_forward(ps, serve=f"127.0.0.1:{uport}", local=f"{lport}:127.0.0.1:{eport}",
                                  peer=f"127.0.0.1:{uport}")
-            out["tou forward (warm)"] = _pingpong(ps, lport, n)
+            cpu0 = fc.cpu_now() + fs.cpu_now()
+            res = out["tou forward (warm)"] = _pingpong(ps, lport, n)
+            if "median_us" in res:      # CPU (user + system) of both tou processes per round trip
+                res["cpu_us_per_rt"] = (fc.cpu_now() + fs.cpu_now() - cpu0) / (n + 100) * 1e6   # 100 warm-up
             ps.stop(fc)
             ps.stop(fs)
         except Exception as exc:

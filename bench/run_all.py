@@ -197,9 +197,20 @@ def section(data: dict) -> str:
     if "conns" in ran:
         T.append(f"| 4 | 1000 connections within 300 MB RSS | {t4_val} | {met(t4_ok)} | {t4_lim} |")
     direct = lat.get("direct TCP", {}).get("median_us")
-    lim5 = (f"direct TCP {f1(direct, ' µs')}: the two tou processes add {tou_rtt - direct:.0f} µs per round trip "
-            "(two local TCP hops, seal/open, one asyncio turn per datagram in each process)"
-            if tou_rtt and direct else "—")
+    floor = lat.get("floor: two bare Python relays", {}).get("median_us")
+    lim5 = "—"
+    if tou_rtt and direct:
+        lim5 = (f"direct TCP {f1(direct, ' µs')}: the two tou processes add {tou_rtt - direct:.0f} µs per round "
+                "trip, almost all of it Python work per message in each process (event-loop turn, TCP engine "
+                "receive and send, seal/open, codec")
+        cpu = lat.get("tou forward (warm)", {}).get("cpu_us_per_rt")
+        lim5 += f": {cpu:.0f} µs of CPU per round trip in the two processes)" if cpu else ")"
+        if floor:
+            room = (f"leaves {150 - floor:.0f} µs for everything tou does in two processes" if floor < 150
+                    else "is beyond even them")
+            lim5 += (f"; two bare Python TCP↔UDP relays in the same layout (no engine, no crypto, "
+                     f"`bench/relay_floor.py`) take {f1(floor, ' µs')}, so the target {room}: out of reach "
+                     "for CPython without a compiled data path")
     if "latency" in ran:
         T.append(f"| 5 | 64-byte round trip on loopback: median ≤ 150 µs | {f1(tou_rtt, ' µs')} | {met(t5_ok)} | {lim5} |")
     if T:
