@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 
 import pytest
@@ -287,6 +288,62 @@ def test_discovery_settles_below_a_narrow_path_and_data_flows(monkeypatch) -> No
     assert client.usock.data_dropped == server.usock.data_dropped == 0
     assert client.usock.probes_dropped + server.usock.probes_dropped >= 3     # 1472 failed three times
     assert client.path_mtu == result[0][0] + 28
+
+
+def test_a_path_that_shrinks_mid_transfer_is_a_black_hole_and_the_data_survives() -> None:
+    """The path silently stops carrying big datagrams mid-transfer (a route change, no
+    ICMP): two retransmission timeouts with nothing acknowledged send the search back to
+    the base size (RFC 8899 §4.3), retransmissions are cut to the new MSS, the transfer
+    completes intact, and the search settles below the new limit."""
+    import hashlib
+
+    async def run():
+        cfg = engine_config(socket.AF_INET, PlainTransport.overhead)
+        accepted: asyncio.Queue[Channel] = asyncio.Queue()
+        server = Tunnel(_narrow(65535), PlainTransport(), cfg, on_accept=accepted.put_nowait, pmtu=True)
+        server.listen()
+        client = Tunnel(_narrow(65535), PlainTransport(), cfg, pmtu=True)
+        loop = asyncio.get_running_loop()
+        try:
+            ch = client.connect(server.usock.local_address())
+            await asyncio.wait_for(ch.connected, 5)
+            peer = await asyncio.wait_for(accepted.get(), 5)
+            data = random.Random(7).randbytes(12_000_000)
+            got = bytearray()
+            shrunk_at = None
+
+            async def reader():
+                nonlocal shrunk_at
+                while len(got) < len(data):
+                    chunk = await peer.read()
+                    if not chunk:
+                        break
+                    got.extend(chunk)
+                    if shrunk_at is None and len(got) > 2_000_000:
+                        path = client.paths[ch.peer]
+                        assert path.pm.plpmtu == 65507    # big datagrams were flowing
+                        shrunk_at = loop.time()
+                        client.usock.limit = server.usock.limit = 1400
+
+            r = asyncio.ensure_future(reader())
+            await ch.write(data)
+            await asyncio.wait_for(r, 60)
+            done_at = loop.time()
+            path = client.paths[ch.peer]
+            end = loop.time() + 20
+            while loop.time() < end and path.pm.state is not PmtuState.SEARCH_COMPLETE:
+                await asyncio.sleep(0.05)
+            return (hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), path.pm.black_holes,
+                    path.pm.plpmtu, path.pm.state, done_at - shrunk_at, client.usock.data_dropped)
+        finally:
+            client.close()
+            server.close()
+
+    same, black_holes, plpmtu, state, stall, dropped = asyncio.run(run())
+    assert same
+    assert black_holes == 1 and dropped > 0
+    assert state is PmtuState.SEARCH_COMPLETE and 1400 - 16 <= plpmtu <= 1400
+    assert stall < 6, stall          # two RTOs and a tick, not minutes
 
 
 # ------------------------------------------------------------------ Fast Open in forward

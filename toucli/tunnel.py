@@ -59,6 +59,7 @@ DEFAULT_KEEPALIVE = 30.0     # seconds until a silent peer is declared dead
 DEFAULT_CC = "bbr"           # the runtime's congestion control (README "Congestion control")
 CLOSE_TIMEOUT = 2.0          # graceful close on a signal: how long FINs may take
 PMTU_TICK = 0.5              # seconds between path-MTU timer checks (probe timeouts, black holes)
+PMTU_BLACK_HOLE_RTOS = 2     # retransmission timeouts in a row, nothing acknowledged: a black hole (§4.3)
 PMTU_PROBE_TIMEOUT = 2.0     # a probe unanswered for the RTO, at most this long, is lost (RFC 8899 PROBE_TIMER)
 
 EXIT_OK = 0
@@ -468,7 +469,7 @@ class PathMtu:
         base = BASE_PLPMTU_V6 if ipv6 else BASE_PLPMTU_V4
         self.peer = peer
         self.pm = Plpmtud(now, max_plpmtu=max(max_plpmtu, base), ipv6=ipv6, base=min(base, max_plpmtu),
-                          probe_timeout=PMTU_PROBE_TIMEOUT)
+                          probe_timeout=PMTU_PROBE_TIMEOUT, black_hole_losses=PMTU_BLACK_HOLE_RTOS)
         self.probe: tuple[Connection, int] | None = None   # connection and size of the probe in flight
         self.rtos: dict[Connection, tuple[int, int]] = {}    # per connection: (rto_count, bytes_acked) seen
 
