@@ -362,7 +362,7 @@ def main() -> None:
     if "bulk" in steps:
         R["bulk"] = step("1. loopback bulk", lambda: loopback.bulk_suite(a.quick, runs, log=log))
     if "profile" in steps:
-        R["profile"] = step("1b. tou bulk under cProfile", lambda: loopback.profile_tou(100_000_000))
+        R["profile"] = step("1b. tou bulk under cProfile", lambda: loopback.profile_tou(1_000_000_000))
         for side in ("connect", "listen"):
             print(R["profile"].get(side, ""))
     if "wan" in steps:
