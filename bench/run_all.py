@@ -1,7 +1,7 @@
 """The whole comparison suite in one command; writes a dated section at the top of bench/RESULTS.md.
 
     python bench/run_all.py --quick          # ~10 minutes: WAN subset, shorter transfers
-    python bench/run_all.py                  # everything; the WAN matrix alone is ~30 minutes
+    python bench/run_all.py                  # everything; the WAN matrix alone is ~25 minutes per run
     nohup python bench/run_all.py > /tmp/tou-bench.log 2>&1 &     # in the background
 
 It installs nothing: it checks for iperf3, kcptun and aioquic and says how to
@@ -303,9 +303,6 @@ def section(data: dict) -> str:
             vs = f"{r['median_us'] / direct:.1f}x" if direct else "—"
             L.append(f"| {k} | {r['median_us']:.0f} | {r['p99_us']:.0f} | {vs} |")
         L.append("")
-    if "tou-bbr" not in data.get("wan_contenders", []):
-        L.append("tou with BBR was not measured on the WAN: this tou has no `--cc` option yet (the suite adds a "
-                 "`tou --cc bbr` column by itself once it has).")
     L.append("Not measured by this suite: aioquic on the emulated WAN, kcptun with 1000 connections.")
     L.append("")
     # leave out the parts this invocation did not run
@@ -353,8 +350,7 @@ def main() -> None:
         "wan_cells": ([tuple(float(x) for x in c.split(":")) for c in a.wan_cells.split(",")] if a.wan_cells
                       else wan.QUICK_CELLS if a.quick else wan.FULL_CELLS),
         "wan_contenders": [c for c in (wan.QUICK_CONTENDERS if a.quick else wan.CONTENDERS)
-                           if not (c.startswith("kcptun") and "kcptun" in missing)]
-        + (["tou-bbr"] if wan.tou_has_cc() else []),
+                           if not (c.startswith("kcptun") and "kcptun" in missing)],
         "wan_seconds": a.wan_seconds or (10 if a.quick else 20), "wan_runs": a.wan_runs,
     }
     R = data["results"]

@@ -48,17 +48,11 @@ from wanlink import B_ADDR, WanPath  # noqa: E402
 RATE = 100e6
 FULL_CELLS = [(rtt, loss) for rtt in (20, 100, 300) for loss in (0, 1, 2, 5)]
 QUICK_CELLS = [(20, 0), (100, 0), (100, 2), (300, 1)]
-CONTENDERS = ["cubic", "bbr", "kcptun-tuned", "kcptun-default", "tou"]
+CONTENDERS = ["cubic", "bbr", "kcptun-tuned", "tou", "tou-cubic"]
 QUICK_CONTENDERS = ["cubic", "bbr", "kcptun-tuned", "tou"]
 LABELS = {"cubic": "kernel CUBIC", "bbr": "kernel BBR", "kcptun-tuned": "kcptun tuned",
-          "kcptun-default": "kcptun default", "tou": "tou", "tou-bbr": "tou --cc bbr"}
-
-
-def tou_has_cc() -> bool:
-    """Whether this tou has a ``--cc`` option (then ``tou-bbr`` joins the contenders)."""
-    from harness import tou_help
-
-    return "--cc" in tou_help("connect")
+          "kcptun-default": "kcptun default", "tou": "tou (BBR)", "tou-cubic": "tou --cc cubic",
+          "tou-bbr": "tou --cc bbr"}   # kcptun-default and tou-bbr: saved runs of older suites
 
 
 def bbr_available() -> bool:
@@ -167,8 +161,8 @@ def run_cell(rtt_ms: float, loss_pct: float, contender: str, seconds: float, see
                 res = run_kcptun(path, contender.split("-", 1)[1], seconds)
             elif contender == "tou":
                 res = run_tou(path, seconds)
-            elif contender == "tou-bbr":
-                res = run_tou(path, seconds, ["--cc", "bbr"])
+            elif contender == "tou-cubic":
+                res = run_tou(path, seconds, ["--cc", "cubic"])
             else:
                 raise ValueError(contender)
         except Exception as exc:
@@ -248,8 +242,6 @@ def main() -> None:
     cells = ([tuple(float(x) for x in c.split(":")) for c in a.cells.split(",")] if a.cells
              else QUICK_CELLS if a.quick else FULL_CELLS)
     cont = a.contenders.split(",") if a.contenders else QUICK_CONTENDERS if a.quick else CONTENDERS
-    if not a.contenders and tou_has_cc():
-        cont = [*cont, "tou-bbr"]
     seconds = a.seconds or (10 if a.quick else 20)
     print("emulator ceiling:", emulator_ceiling(3))
     res = matrix(cells, cont, seconds, a.runs)
