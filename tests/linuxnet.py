@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
-from toucli.stack.checksum import internet_checksum, tcp_checksum, tcp_checksum_ok
+from toucli.stack.checksum import internet_checksum, tcp_checksum
 
 KERNEL_ADDR = "10.77.0.2"
 ENGINE_ADDR = "10.77.0.1"

@@ -4,7 +4,6 @@ simulated connection showing the first byte arriving after 0.5 RTT with a cookie
 from __future__ import annotations
 
 import random
-from functools import partial
 
 import pytest
 

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import kernel_peer  # noqa: E402
 import linuxnet as ln  # noqa: E402
+from toucli.stack.checksum import tcp_checksum_ok  # noqa: E402
 
 _SKIP = ln.unavailable_reason()
 needs_netns = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
@@ -62,9 +63,9 @@ def test_tcp_build_parse_options_and_checksum() -> None:
     assert h is not None
     assert (h.sport, h.dport, h.seq, h.flags, h.wnd, h.payload_len) == (40000, 5001, 7, ln.SYN, 65535, 0)
     assert h.options == {ln.OPT_MSS: 1460, ln.OPT_SACK_PERM: True, ln.OPT_TS: (111, 0), ln.OPT_WSCALE: 7}
-    assert ln.tcp_checksum_ok(seg, ln.ENGINE_IP, ln.KERNEL_IP)
+    assert tcp_checksum_ok(seg, ln.ENGINE_IP, ln.KERNEL_IP)
     bad = ln.tcp_build(ln.ENGINE_IP, ln.KERNEL_IP, 40000, 5001, 7, 0, ln.SYN, 65535, opts, corrupt=True)
-    assert not ln.tcp_checksum_ok(bad, ln.ENGINE_IP, ln.KERNEL_IP)
+    assert not tcp_checksum_ok(bad, ln.ENGINE_IP, ln.KERNEL_IP)
 
 
 def test_tcp_parse_sack_blocks_and_malformed() -> None:
@@ -154,7 +155,7 @@ def test_tun_plumbing(netns: ln.Netns) -> None:
     assert got is not None, "no answer from the kernel to a SYN written into the TUN"
     ip, h = got
     assert (ip.src, ip.dst, ip.ttl > 0) == (ln.KERNEL_IP, ln.ENGINE_IP, True)
-    assert ln.tcp_checksum_ok(ip.payload, ip.src, ip.dst)
+    assert tcp_checksum_ok(ip.payload, ip.src, ip.dst)
     assert (h.sport, h.flags, h.ack) == (SERVER_PORT, ln.SYN | ln.ACK, isn + 1)
     assert h.options[ln.OPT_MSS] == 1460  # TUN MTU 1500 - 40
     assert h.options[ln.OPT_SACK_PERM] is True

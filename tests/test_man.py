@@ -7,7 +7,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 
