@@ -313,6 +313,27 @@ def test_send_mss_is_used_until_set_mss_while_the_syn_announces_mss(active):
         Harness(test_config(mss=1000, send_mss=1200)).connect()
 
 
+def test_a_smaller_mss_during_timeout_recovery_resends_everything_at_once():
+    """A path that became a black hole for big segments (RFC 8899 §4.3): once the
+    runtime lowers the MSS, what is outstanding goes again at once in pieces of the
+    new size, not after the next, backed-off, timeout."""
+    t = est()
+    t.send(X * 3000, at=0.1)
+    assert len(t.pop_segments()) == 3
+    t.advance(to=0.35)                                  # TLP at 0.122, then the RTO at 0.322
+    assert [len(s.payload) for s in t.pop_segments()] == [1000, 1000]
+    assert t.conn.rto_recovery and t.conn.rtt.backoffs == 1
+    t.call(t.conn.set_mss, 400, 0.35, at=0.35)
+    sent = t.pop_segments()
+    assert [(s.seq - S, len(s.payload)) for s in sent] == [(0, 400), (400, 400)]   # as cwnd allows
+    assert t.conn.rto_deadline == pytest.approx(0.35 + t.conn.rtt.rto)
+    t2 = est()                                          # outside a timeout's recovery: no resend
+    t2.send(X * 3000, at=0.1)
+    t2.pop_segments()
+    t2.call(t2.conn.set_mss, 400, 0.11, at=0.11)
+    assert t2.pop_segments() == []
+
+
 def test_set_mss_changes_the_segment_size_mid_connection():
     t = est()
     assert t.conn.set_mss(600) == 600

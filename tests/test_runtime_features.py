@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from toucli import tunnel as tunnel_mod
 from toucli.cli import main
 from toucli.stack.config import ConnectionConfig
+from toucli.stack.connection import State
 from toucli.stack.endpoint import Endpoint
 from toucli.session import Auth, SecureEndpoint
 from toucli.stack.pmtu import PmtuState
@@ -199,13 +200,14 @@ def _secure(role: str) -> SecureTransport:
     return SecureTransport(SecureEndpoint(role, Auth.secret(secret(b"path mtu test secret words"))))
 
 
-async def _pmtu_pair(limit: int, transfer: int = 400_000, secure: bool = False):
+async def _pmtu_pair(limit: int, transfer: int = 400_000, secure: bool = False, sock=None):
     server_t, client_t = (_secure("server"), _secure("client")) if secure else (PlainTransport(), PlainTransport())
     cfg = engine_config(socket.AF_INET, server_t.overhead)
     accepted: asyncio.Queue[Channel] = asyncio.Queue()
-    server = Tunnel(_narrow(limit), server_t, cfg, on_accept=accepted.put_nowait, pmtu=True)
+    sock = sock or (lambda: _narrow(limit))
+    server = Tunnel(sock(), server_t, cfg, on_accept=accepted.put_nowait, pmtu=True)
     server.listen()
-    client = Tunnel(_narrow(limit), client_t, cfg, pmtu=True)
+    client = Tunnel(sock(), client_t, cfg, pmtu=True)
     try:
         ch = client.connect(server.usock.local_address())
         await asyncio.wait_for(ch.connected, 5)
@@ -261,6 +263,61 @@ def test_secure_discovery_stops_at_one_full_record() -> None:
         assert mss == largest - client.transport.overhead - 20 - 40 - 12
     assert client.config.mss == largest - client.transport.overhead - 20 - 40
     assert client.config.send_mss == mss_for(socket.AF_INET, client.transport.overhead)
+
+
+def test_black_hole_needs_two_ticks_of_timeouts_with_nothing_delivered_on_the_path() -> None:
+    """RFC 8899 §4.3 signals per peer, not per connection: two connections timing out
+    in the same tick are one loss, a delivery on any connection clears the count, and a
+    connection with less than a segment in flight (a lost keystroke) says nothing."""
+    from toucli.tunnel import PathMtu
+
+    class FakeConn:                              # what _pmtu_tick reads of a connection
+        def __init__(self) -> None:
+            self.state, self.rto_count, self.bytes_acked = State.ESTABLISHED, 0, 0
+            self.flight, self.eff_mss, self.sack_ok, self.ts_ok = 5000, 1000, False, False
+            self.mss_set: list[int] = []
+
+        def set_mss(self, mss: int, now: float | None = None) -> None:
+            self.mss_set.append(mss)
+
+    conn = FakeConn
+
+    async def run():
+        tun = Tunnel(_narrow(65535), PlainTransport(), engine_config(socket.AF_INET, 4), pmtu=True)
+        try:
+            path = tun.paths["p"] = PathMtu("p", 0.0, 9000, False)
+            path.pm.probe_acked(path.pm.probe_size(0.0), 0.0)       # base confirmed
+            path.pm.probe_acked(path.pm.probe_size(0.0), 0.0)       # 9000 confirmed: searching done
+            assert path.pm.plpmtu == 9000
+            a, b = conn(), conn()
+            path.rtos = {a: (0, 0), b: (0, 0)}
+            a.rto_count = b.rto_count = 1                            # tick 1: both time out
+            tun._pmtu_tick()
+            assert path.pm.plpmtu == 9000 and path.pm.black_holes == 0
+            a.rto_count, b.bytes_acked = 2, 1000                     # tick 2: b delivered
+            tun._pmtu_tick()
+            a.rto_count, a.flight = 3, 10                            # tick 3: a keystroke timed out
+            tun._pmtu_tick()
+            assert path.pm.black_holes == 0
+            a.rto_count, a.flight = 4, 5000                          # ticks 4, 5: full segments time out
+            tun._pmtu_tick()
+            a.rto_count = 5
+            tun._pmtu_tick()
+            assert a.mss_set[-1] == b.mss_set[-1] == tun.mss_for_datagram(1200)   # both follow the fallback
+            return path.pm.black_holes, path.pm.plpmtu
+        finally:
+            tun.close()
+
+    assert asyncio.run(run()) == (1, 1200)
+
+
+def test_the_demo_path_emulator_is_an_ethernet_path() -> None:
+    """``tou demo --rtt/--loss/--rate`` emulates a wide-area path: discovery stops at a
+    1500-byte MTU there, however large loopback's is."""
+    result, client, server = asyncio.run(_pmtu_pair(0, sock=lambda: _delayed_socket(0.001)))
+    for plpmtu, state, _mss in result:
+        assert state is PmtuState.SEARCH_COMPLETE and plpmtu == 1472
+    assert client.path_mtu == 1500
 
 
 def test_mtu_option_larger_than_a_record_is_capped() -> None:
@@ -343,7 +400,36 @@ def test_a_path_that_shrinks_mid_transfer_is_a_black_hole_and_the_data_survives(
     assert same
     assert black_holes == 1 and dropped > 0
     assert state is PmtuState.SEARCH_COMPLETE and 1400 - 16 <= plpmtu <= 1400
-    assert stall < 6, stall          # two RTOs and a tick, not minutes
+    assert stall < 4, stall          # two or three RTOs and a tick, then everything again at once
+
+
+def test_syn_room_follows_the_size_the_engine_puts_in_a_syn() -> None:
+    """What ``forward`` pipelines into a SYN is what the engine's SYN carries: the
+    starting segment size (not the larger MSS a discovering tunnel announces), the
+    server's MSS, and the path size validated so far."""
+    from toucli.forward import syn_room
+    from toucli.tunnel import PathMtu
+
+    async def run():
+        tun = Tunnel(_narrow(65535), PlainTransport(), engine_config(socket.AF_INET, 4, fast_open=True), pmtu=True)
+        try:
+            peer = ("127.0.0.1", 9)
+            assert syn_room(tun, peer) == 0                         # no cookie: nothing rides in the SYN
+            tun.ep.tfo_cookies[peer] = (b"cookie!!", 60000)
+            first = syn_room(tun, peer)
+            tun.ep.tfo_cookies[peer] = (b"cookie!!", 1000)
+            small_server = syn_room(tun, peer)
+            tun.ep.tfo_cookies[peer] = (b"cookie!!", 60000)
+            tun.paths[peer] = PathMtu(peer, 0.0, 1200, False)       # only the base size validated
+            base = syn_room(tun, peer)
+            return first, small_server, base, tun.config, tun.mss_for_datagram(1200)
+        finally:
+            tun.close()
+
+    first, small_server, base, cfg, mss_1200 = asyncio.run(run())
+    assert cfg.mss > 60000 and first == cfg.send_mss - 12 == mss_for(socket.AF_INET, 4) - 12
+    assert small_server == 1000 - 12
+    assert base == mss_1200 - 12
 
 
 # ------------------------------------------------------------------ Fast Open in forward

@@ -355,3 +355,70 @@ def test_pumps_sharing_a_sink_write_whole_chunks_in_turn() -> None:
             p.close()
 
     asyncio.run(main())
+
+
+def test_a_local_reader_that_goes_away_resets_the_connection_quietly() -> None:
+    """``tou connect ... | head -c 10``: the pipe's reader exits; the copy ends without an
+    error (the local side chose to stop) and the peer learns it from a reset."""
+    async def main() -> None:
+        p = Pair()
+        try:
+            a, b = await p.open()
+            r, w = os.pipe()
+            os.close(r)                                # the reader is gone before anything arrives
+            pump = asyncio.ensure_future(splice(a, None, FdStream(w)))
+            await b.write(b"x" * 100_000)
+            await asyncio.wait_for(pump, 5)            # returns; raises nothing
+            with pytest.raises(TunnelError, match="reset"):
+                await asyncio.wait_for(asyncio.shield(b.done), 5)
+            os.close(w)
+        finally:
+            p.close()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_pump_leaves_the_shared_sink_alone() -> None:
+    """A ``listen -k`` connection ended by ``-i`` while its chunk waits behind another
+    pump's: after the owner finishes, nothing of the ended connection is written."""
+    import fcntl
+
+    async def main() -> None:
+        p = Pair()
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe()
+        fcntl.fcntl(w, 1031, 4096)                   # F_SETPIPE_SZ: a one-page pipe
+        try:
+            (a1, b1), (a2, b2) = await p.open(), await p.open()
+            await a1.write(b"A" * 20000)
+            await a2.write(b"B" * 20000)
+            while len(b1.conn.rcv_buf) < 20000 or len(b2.conn.rcv_buf) < 20000:
+                await asyncio.sleep(0.01)
+            sink = FdStream(w)
+            first = asyncio.ensure_future(splice(b1, None, sink, close_sink=False))
+            await asyncio.sleep(0)                   # b1's chunk fills the pipe: b1 owns the sink
+            second = asyncio.ensure_future(splice(b2, None, sink, close_sink=False))
+            await asyncio.sleep(0.05)
+            assert sink.owner is not None and sink.waiting
+            second.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await second
+            assert not sink.waiting
+            os.set_blocking(r, False)
+            out = bytearray()
+            deadline = loop.time() + 3
+            while loop.time() < deadline:
+                await asyncio.sleep(0.01)
+                try:
+                    out += os.read(r, 65536)
+                except BlockingIOError:
+                    pass
+            assert bytes(out) == b"A" * 20000
+            a1.write_eof()
+            await asyncio.wait_for(first, 10)
+        finally:
+            os.close(r)
+            os.close(w)
+            p.close()
+
+    asyncio.run(main())

@@ -582,15 +582,16 @@ def abort_socket(sock: socket.socket) -> None:
 def syn_room(tunnel: Tunnel, peer: Hashable) -> int:
     """Payload bytes a SYN to ``peer`` carries now: 0 without Fast Open or a cached cookie.
 
-    RFC 7413 §4.1.2: up to one MSS, the smaller of ours and the server's (kept
-    with the cookie), less the timestamps option, and no more than the path
-    MTU validated so far for ``peer`` allows.
+    RFC 7413 §4.1.2: up to one segment, the smaller of the size we start sending
+    with (``send_mss``, as the engine fills the SYN) and the server's MSS (kept with
+    the cookie), less the timestamps option, and no more than the path MTU
+    validated so far for ``peer`` allows.
     """
     cfg = tunnel.config
     entry = tunnel.ep.tfo_cookies.get(peer) if cfg.fast_open else None
     if entry is None or not entry[0]:
         return 0
-    room = min(cfg.mss, entry[1])
+    room = min(cfg.send_mss or cfg.mss, entry[1])
     plpmtu = tunnel.peer_plpmtu(peer)
     if plpmtu is not None:
         room = min(room, tunnel.mss_for_datagram(plpmtu))
@@ -616,7 +617,7 @@ class StatusGate:
     off the front of what the channel delivers before anything reaches the local socket.
 
     Data flows towards the far end before the status arrives; a refusal raises
-    :class:`Refused` from :meth:`write`, an EOF before the status a TunnelError.
+    :class:`Refused` from :meth:`take`, an EOF before the status a TunnelError from :meth:`end`.
     Without a status within ``timeout`` s the channel is aborted. ``reset``: a
     refusal resets the local connection instead of closing it.
     """

@@ -21,7 +21,8 @@ deadline, drives every retransmission, delayed ACK and keepalive.
 
 Local byte streams (stdin, stdout, sockets, child processes) are
 :class:`FdStream`; :func:`splice` copies between a stream and a channel in both
-directions with FIN carried end to end (half-close).
+directions with FIN carried end to end (half-close), through a :class:`Pump`
+that does it from event-loop callbacks, one loop turn per message.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ CLOSE_TIMEOUT = 2.0          # graceful close on a signal: how long FINs may tak
 PMTU_TICK = 0.5              # seconds between path-MTU timer checks (probe timeouts, black holes)
 PMTU_BLACK_HOLE_RTOS = 2     # retransmission timeouts in a row, nothing acknowledged: a black hole (§4.3)
 PMTU_PROBE_TIMEOUT = 2.0     # a probe unanswered for the RTO, at most this long, is lost (RFC 8899 PROBE_TIMER)
+PMTU_PROBE_TIMER_MIN = 1.0   # ... and at least this long (RFC 8899 §5.1.1)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -101,8 +103,9 @@ def engine_config(family: int, transport_overhead: int, *, keepalive: float = DE
     """A :class:`ConnectionConfig` for a tunnel: MSS from the path, dead peers found within ``keepalive`` s.
 
     ``cc`` names the congestion controller (default :data:`DEFAULT_CC`; unknown:
-    TunnelError, exit 2). ``mtu`` is the path MTU (``--mtu``; default 1500, the
-    upper bound path-MTU discovery may reach). ``fast_open`` turns on RFC 7413.
+    TunnelError, exit 2). ``mtu`` fixes the path MTU (``--mtu``); without it the
+    MSS is the one for 1500-byte packets, which a tunnel with path-MTU discovery
+    keeps for the data of a Fast Open SYN only. ``fast_open`` turns on RFC 7413.
 
     Keepalive (RFC 9293 §3.8.4) probes after ``keepalive/2`` s of silence, then three
     times ``keepalive/6`` s apart; data left unacknowledged for ``keepalive`` s also
@@ -468,6 +471,7 @@ class PathMtu:
     def __init__(self, peer: Hashable, now: float, max_plpmtu: int, ipv6: bool) -> None:
         base = BASE_PLPMTU_V6 if ipv6 else BASE_PLPMTU_V4
         self.peer = peer
+        self.ipv6 = ipv6
         self.pm = Plpmtud(now, max_plpmtu=max(max_plpmtu, base), ipv6=ipv6, base=min(base, max_plpmtu),
                           probe_timeout=PMTU_PROBE_TIMEOUT, black_hole_losses=PMTU_BLACK_HOLE_RTOS)
         self.probe: tuple[Connection, int] | None = None   # connection and size of the probe in flight
@@ -486,7 +490,8 @@ class Tunnel:
 
         No segment may outgrow ``transport.max_datagram``, so the MSS is capped by it.
         With ``pmtu`` the SYN announces that cap (what this end can receive, RFC 9293
-        §3.7.1) and connections send ``config.mss`` until the peer's search raises it.
+        §3.7.1); ``config.mss`` becomes ``send_mss``, the size of a Fast Open SYN's
+        data, and an established connection sends what its peer's search confirmed.
         """
         self.loop = asyncio.get_running_loop()
         self.usock = usock
@@ -670,13 +675,17 @@ class Tunnel:
         if now is None:
             now = self.loop.time()
         self._servicing = True
+        more = False
         try:
             for _ in range(8):
                 self._output(now)
-                if not self._dispatch():
+                more = self._dispatch()
+                if not more:
                     break
         finally:
             self._servicing = False
+        if more:
+            self.kick()                 # events kept coming: what they caused goes out next turn
         if self._probing:
             self._pmtu_poll(now)
         if self._closing:
@@ -817,7 +826,8 @@ class Tunnel:
         conn = self._pmtu_conn(path)
         if conn is None:
             return
-        path.pm.probe_timeout = min(PMTU_PROBE_TIMEOUT, conn.rtt.rto)   # an answer takes one RTT
+        # an answer takes a round trip; RFC 8899 §5.1.1: PROBE_TIMER never below 1 s
+        path.pm.probe_timeout = min(PMTU_PROBE_TIMEOUT, max(PMTU_PROBE_TIMER_MIN, conn.rtt.rto))
         size = path.pm.probe_size(now)
         if size is None:
             self._pmtu_apply(path)
@@ -827,7 +837,10 @@ class Tunnel:
         datagram = None
         for _ in range(2):                     # the transport's size may differ from the estimate
             seg = conn.mtu_probe(n, now)
-            d = self.transport.encode(conn.peer, seg) if seg is not None else None
+            try:
+                d = self.transport.encode(conn.peer, seg) if seg is not None else None
+            except ValueError:                 # more than a record holds (a cipher with less overhead)
+                d = None
             if d is None:
                 break
             if len(d[0]) == size:
@@ -863,8 +876,9 @@ class Tunnel:
             return
         path.pm.changed = False
         mss = self.mss_for_datagram(path.pm.plpmtu)
+        now = self.loop.time()
         for conn in path.rtos:
-            conn.set_mss(mss)
+            conn.set_mss(mss, now)
         self.kick()
 
     def _pmtu_tick(self) -> None:
@@ -874,17 +888,21 @@ class Tunnel:
             return
         now = self.loop.time()
         for peer, path in list(self.paths.items()):
+            timed_out = delivered = False
             for conn in list(path.rtos):
                 if conn.state == State.CLOSED or conn.state == State.TIME_WAIT:
                     del path.rtos[conn]
                     continue
                 rtos, acked = path.rtos[conn]
-                if conn.rto_count > rtos and conn.flight:
-                    for _ in range(conn.rto_count - rtos):
-                        path.pm.full_size_lost(now)
-                elif conn.bytes_acked > acked:
-                    path.pm.full_size_acked(now)
+                if conn.bytes_acked > acked:
+                    delivered = True
+                elif conn.rto_count > rtos and conn.flight >= conn.eff_mss:
+                    timed_out = True               # a full segment's worth timed out
                 path.rtos[conn] = (conn.rto_count, conn.bytes_acked)
+            if delivered:
+                path.pm.full_size_acked(now)
+            elif timed_out:
+                path.pm.full_size_lost(now)        # at most one loss per tick and path
             if not path.rtos:
                 if path.probe is not None and path in self._probing:
                     self._probing.remove(path)
@@ -914,10 +932,9 @@ class Tunnel:
     def path_mtu(self) -> int:
         """The path MTU (IP packet bytes) in use: ``--mtu``, else the largest one discovery
         settled on among the peers, else the starting size 1500 (shown by the statistics)."""
+        if self.paths:
+            return max(p.pm.plpmtu + (48 if p.ipv6 else 28) for p in self.paths.values())
         ip_udp = 48 if self.usock.family == socket.AF_INET6 else 28
-        sizes = [p.pm.plpmtu for p in self.paths.values()]
-        if sizes:
-            return max(sizes) + ip_udp
         mss = self.config.send_mss or self.config.mss
         return mss + self.transport.overhead + TCP_HEADER + TCP_OPTIONS_HEADROOM + ip_udp
 
@@ -935,10 +952,11 @@ class Tunnel:
 class FdStream:
     """A local byte stream over a file descriptor (stdin, stdout, a socket, a pipe).
 
-    Pipes and sockets are read and written non-blocking from the event loop;
-    regular files and ``/dev/null`` (which cannot be polled) blocking, right
-    away; a terminal is read by a helper thread so the loop never blocks and
-    the terminal's file status flags stay untouched.
+    Pipes and sockets are made non-blocking and moved by a :class:`Pump` from
+    event-loop callbacks; regular files and ``/dev/null`` (which cannot be polled)
+    are read and written blocking, right away; a terminal is read by a helper
+    thread so the loop never blocks and the terminal's file status flags stay
+    untouched.
     """
 
     def __init__(self, fd: int, *, sock: socket.socket | None = None, owned: bool = False) -> None:
@@ -964,30 +982,10 @@ class FdStream:
         self._thread_queue: asyncio.Queue[bytes | BaseException] | None = None
 
     async def read(self, n: int = READ_CHUNK) -> bytes:
-        if self.kind == "file":
-            return os.read(self.fd, n)
+        """Read a file or a terminal (a :class:`Pump` reads pollable descriptors itself)."""
         if self.kind == "tty":
             return await self._tty_read(n)
-        while True:
-            try:
-                return os.read(self.fd, n)
-            except (BlockingIOError, InterruptedError):
-                await self._wait(self.loop.add_reader, self.loop.remove_reader)
-            except ConnectionResetError:
-                return b""
-
-    async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            if self.kind != "poll":
-                n = os.write(self.fd, view)
-            else:
-                try:
-                    n = os.write(self.fd, view)
-                except (BlockingIOError, InterruptedError):
-                    await self._wait(self.loop.add_writer, self.loop.remove_writer)
-                    continue
-            view = view[n:]
+        return os.read(self.fd, n)
 
     def write_eof(self) -> None:
         """Tell the reader at the other end that no more data comes."""
@@ -1025,14 +1023,6 @@ class FdStream:
                 pass
             self._was_blocking = None
 
-    async def _wait(self, add: Callable, remove: Callable) -> None:
-        fut = self.loop.create_future()
-        add(self.fd, lambda: fut.done() or fut.set_result(None))
-        try:
-            await fut
-        finally:
-            remove(self.fd)
-
     async def _tty_read(self, n: int) -> bytes:
         if self._thread_queue is None:
             self._thread_queue = asyncio.Queue(maxsize=1)
@@ -1057,10 +1047,6 @@ class FdStream:
         if isinstance(item, BaseException):
             raise item
         return item
-
-
-def stdio_streams() -> tuple[FdStream, FdStream]:
-    return FdStream(sys.stdin.fileno()), FdStream(sys.stdout.fileno())
 
 
 class Pump:
@@ -1098,6 +1084,7 @@ class Pump:
         self._source_watched = False
         self._sink_watched = False
         self._up_task: asyncio.Future[None] | None = None
+        self._over = False                           # run() returned: callbacks do nothing
 
     async def run(self) -> None:
         """Copy until both directions ended and our FIN was acknowledged; raise what stopped it."""
@@ -1114,10 +1101,13 @@ class Pump:
             await self.ended
             await _until_finished(ch)
         finally:
+            self._over = True
             ch.notify = None
             self._watch_source(False)
             self._watch_sink(False)
             self._release_sink()
+            if self.sink is not None and self._on_sink_writable in self.sink.waiting:
+                self.sink.waiting.remove(self._on_sink_writable)
             if self._up_task is not None and not self._up_task.done():
                 self._up_task.cancel()
                 try:
@@ -1137,6 +1127,9 @@ class Pump:
 
     def _on_source(self) -> None:
         assert self.source is not None
+        if self._over or self.ended.done():
+            self._watch_source(False)
+            return
         try:
             data = os.read(self.source.fd, READ_CHUNK)
         except (BlockingIOError, InterruptedError):
@@ -1189,6 +1182,8 @@ class Pump:
 
     # ---- channel -> sink
     def _notify(self, which: str) -> None:
+        if self._over or self.ended.done():
+            return
         try:
             if which == "w":
                 if self._held is not None:
@@ -1251,8 +1246,8 @@ class Pump:
                 self._watch_sink(True)
                 return False
             except (BrokenPipeError, ConnectionResetError):
+                self._stop(_ReaderGone())          # first: the abort below notifies this pump
                 self.ch.abort("local reader went away")
-                self._stop(_ReaderGone())
                 return False
             except OSError as exc:
                 self._stop(exc)
@@ -1281,6 +1276,8 @@ class Pump:
     def _on_sink_writable(self) -> None:
         view, self._unwritten = self._unwritten, None
         self._watch_sink(False)
+        if self._over:
+            return
         try:
             if self.ended.done() or (view is not None and not self._write(view)):
                 return

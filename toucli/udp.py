@@ -100,8 +100,12 @@ class UdpSocket:
         socket connected to ``addr``, so this socket stays unconnected. None if the
         kernel does not say.
         """
-        probe = socket.socket(self.family, socket.SOCK_DGRAM)
+        probe = None
         try:
+            probe = socket.socket(self.family, socket.SOCK_DGRAM)
+            host = self.sock.getsockname()[0]
+            if host not in ("0.0.0.0", "::"):
+                probe.bind((host, 0))              # the route this socket's datagrams take
             probe.connect(addr)
             if self.family == socket.AF_INET6:
                 return probe.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
@@ -109,7 +113,8 @@ class UdpSocket:
         except OSError:
             return None
         finally:
-            probe.close()
+            if probe is not None:
+                probe.close()
 
     def connect(self, addr: Address) -> None:
         """Fix the peer: only its datagrams are received, and ICMP errors become ECONNREFUSED."""

@@ -31,7 +31,13 @@ CHUNK = 256 << 10
 
 
 class LinkedUdpSocket(UdpSocket):
-    """A UDP socket whose outgoing datagrams cross an emulated :class:`Link` first."""
+    """A UDP socket whose outgoing datagrams cross an emulated :class:`Link` first.
+
+    The emulated path has an Ethernet MTU (:attr:`mtu`), not loopback's 64 KiB, so
+    path-MTU discovery finds what it would on a real wide-area path.
+    """
+
+    mtu = 1500
 
     def __init__(self, sock: socket.socket, link: Link, **kw: bool) -> None:
         super().__init__(sock, gso=False, **kw)
@@ -47,6 +53,9 @@ class LinkedUdpSocket(UdpSocket):
             self.dest = addr
             self.link.send(data, now)
         self._arm(loop)
+
+    def route_mtu(self, addr: Address) -> int:
+        return self.mtu
 
     def send_probe(self, data: bytes, addr: Address) -> bool:
         """Path-MTU probes cross the emulated path like any datagram."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass
 class ConnectionConfig:
     mss: int = 1400                    # largest payload we accept (announced in the SYN) and send
-    send_mss: int | None = None        # what we send until set_mss() raises it (path MTU discovery); None: mss
+    send_mss: int | None = None        # what we send until set_mss() changes it (e.g. Fast Open SYN data); None: mss
     send_buffer: int = 4 << 20         # cap on unacknowledged + unsent bytes we hold
     recv_buffer: int = 4 << 20         # cap on received bytes held for the application
     initial_recv_window: int = 256 << 10  # auto-tuning grows the window from here up to recv_buffer

@@ -450,19 +450,32 @@ class Connection:
         self.cc.set_mss(self.eff_mss)
         self.cc.cwnd = cfg.initial_window_segments * self.eff_mss
 
-    def set_mss(self, mss: int) -> int:
+    def set_mss(self, mss: int, now: float | None = None) -> int:
         """Change the payload size mid-connection (path MTU discovery, RFC 8899 §5.3).
 
         ``mss`` counts payload plus options as the configured MSS does; it is capped
-        by what both ends announced. Segments already sent keep their size. Returns
-        the new effective payload size.
+        by what both ends announced. Returns the new effective payload size.
+
+        A smaller size in the middle of a retransmission timeout's recovery (the path
+        became a black hole for the old size, RFC 8899 §4.3) sends everything not yet
+        acknowledged again at once, in pieces of the new size, instead of after the
+        backed-off timer: what was sent at the old size cannot arrive (as Linux does
+        when the path MTU drops).
         """
         cap = min(self.config.mss, self.mss_peer)
         if mss > cap:
             mss = cap
         eff = max(mss - (12 if self.ts_ok else 0), 64)
+        shrank = eff < self.eff_mss
         self.eff_mss = eff
         self.cc.set_mss(eff)
+        if shrank and now is not None and self.rto_recovery and self.snd_max > self.snd_una:
+            self._mark_lost(self.snd_una, self.snd_max)
+            self.lost_point = self.snd_max
+            self._rxt_now = True
+            self.rto_deadline = now + self.rtt.rto
+            if self.wake is not None:
+                self.wake(self)
         return eff
 
     def mtu_probe(self, payload_len: int, now: float) -> Segment | None:
