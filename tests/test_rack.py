@@ -340,3 +340,26 @@ def test_set_mss_changes_the_segment_size_mid_connection():
     t.send(X * 1500, at=0.1)
     assert [len(s.payload) for s in t.pop_segments()] == [600, 600, 300]
     assert t.conn.set_mss(5000) == 1000            # capped by the announced MSS
+
+
+def test_pacer_keeps_what_accrued_after_a_late_wake_up_but_not_after_idle():
+    """A timer that fires late must not lower the paced rate: what accrued after the
+    release time is kept (up to one more quantum); an idle sender gets one quantum."""
+    from toucli.stack.pacer import Pacer
+
+    p = Pacer()
+    rate, mss = 10e6, 1000                         # 10 MB/s: quantum = 1 ms = 10 000 bytes
+    p.refill(0.0, rate, mss)
+    assert p.tokens == 10_000
+    p.consume(10_000)
+    due = p.release_time(0.0)
+    assert due == pytest.approx(0.001)
+    p.refill(due + 0.0004, rate, mss)              # 0.4 ms late: 4000 more bytes may go
+    assert p.tokens == pytest.approx(14_000)
+    p.consume(14_000)
+    due = p.release_time(due + 0.0004)
+    p.refill(due + 0.1, rate, mss)                 # very late: one extra quantum at most
+    assert p.tokens == pytest.approx(20_000)
+    p.consume(20_000)
+    p.refill(5.0, rate, mss)                       # idle for seconds, no release pending
+    assert p.tokens == pytest.approx(10_000)
