@@ -317,38 +317,58 @@ def test_splice_moves_exact_bytes_both_ways_past_a_slow_local_reader() -> None:
     asyncio.run(main())
 
 
+async def _two_waiting_messages(p: Pair, *, eof: bool) -> tuple[Channel, Channel, Channel]:
+    """Two connections whose accepted ends hold 20000 x "A" and 20000 x "B" unread
+    (and the FIN after them with ``eof``); returns the first sender and both receivers."""
+    (a1, b1), (a2, b2) = await p.open(), await p.open()
+    await a1.write(b"A" * 20000)
+    await a2.write(b"B" * 20000)
+    if eof:
+        a1.write_eof()
+        a2.write_eof()
+    while (len(b1.conn.rcv_buf) < 20000 or len(b2.conn.rcv_buf) < 20000
+           or (eof and not (b1.at_eof and b2.at_eof))):
+        await asyncio.sleep(0.01)
+    return a1, b1, b2
+
+
+def _one_page_pipe() -> tuple[int, int]:
+    import fcntl
+
+    r, w = os.pipe()
+    fcntl.fcntl(w, 1031, 4096)                       # F_SETPIPE_SZ: a one-page pipe
+    os.set_blocking(r, False)
+    return r, w
+
+
+async def _read_pipe(r: int, seconds: float, until: int | None = None) -> bytes:
+    """What a slow reader gets from ``r`` in ``seconds`` (or once it has ``until`` bytes)."""
+    loop = asyncio.get_running_loop()
+    out = bytearray()
+    deadline = loop.time() + seconds
+    while (until is None or len(out) < until) and loop.time() < deadline:
+        await asyncio.sleep(0.005)
+        try:
+            out += os.read(r, 1000)
+        except BlockingIOError:
+            pass
+    return bytes(out)
+
+
 def test_pumps_sharing_a_sink_write_whole_chunks_in_turn() -> None:
     """``listen -k`` shares stdout: when one pump's chunk is cut short by a full pipe
     it owns the sink until the rest is out; the other waits instead of writing into
     the middle of it (or stealing its writability callback)."""
-    import fcntl
-
     async def main() -> None:
         p = Pair()
-        loop = asyncio.get_running_loop()
-        r, w = os.pipe()
-        fcntl.fcntl(w, 1031, 4096)                   # F_SETPIPE_SZ: a one-page pipe
+        r, w = _one_page_pipe()
         try:
-            (a1, b1), (a2, b2) = await p.open(), await p.open()
-            await a1.write(b"A" * 20000)
-            await a2.write(b"B" * 20000)
-            a1.write_eof()
-            a2.write_eof()
-            while len(b1.conn.rcv_buf) < 20000 or len(b2.conn.rcv_buf) < 20000 or not (b1.at_eof and b2.at_eof):
-                await asyncio.sleep(0.01)           # both whole messages wait in the receive buffers
+            _a1, b1, b2 = await _two_waiting_messages(p, eof=True)
             sink = FdStream(w)
             pumps = [asyncio.ensure_future(splice(b, None, sink, close_sink=False)) for b in (b1, b2)]
-            os.set_blocking(r, False)
-            out = bytearray()
-            deadline = loop.time() + 10
-            while len(out) < 40000 and loop.time() < deadline:
-                await asyncio.sleep(0.005)
-                try:
-                    out += os.read(r, 1000)
-                except BlockingIOError:
-                    pass
+            out = await _read_pipe(r, 10, until=40000)
             await asyncio.wait_for(asyncio.gather(*pumps), 10)
-            assert bytes(out) in (b"A" * 20000 + b"B" * 20000, b"B" * 20000 + b"A" * 20000)
+            assert out in (b"A" * 20000 + b"B" * 20000, b"B" * 20000 + b"A" * 20000)
         finally:
             os.close(r)
             os.close(w)
@@ -381,19 +401,11 @@ def test_a_local_reader_that_goes_away_resets_the_connection_quietly() -> None:
 def test_a_cancelled_pump_leaves_the_shared_sink_alone() -> None:
     """A ``listen -k`` connection ended by ``-i`` while its chunk waits behind another
     pump's: after the owner finishes, nothing of the ended connection is written."""
-    import fcntl
-
     async def main() -> None:
         p = Pair()
-        loop = asyncio.get_running_loop()
-        r, w = os.pipe()
-        fcntl.fcntl(w, 1031, 4096)                   # F_SETPIPE_SZ: a one-page pipe
+        r, w = _one_page_pipe()
         try:
-            (a1, b1), (a2, b2) = await p.open(), await p.open()
-            await a1.write(b"A" * 20000)
-            await a2.write(b"B" * 20000)
-            while len(b1.conn.rcv_buf) < 20000 or len(b2.conn.rcv_buf) < 20000:
-                await asyncio.sleep(0.01)
+            a1, b1, b2 = await _two_waiting_messages(p, eof=False)
             sink = FdStream(w)
             first = asyncio.ensure_future(splice(b1, None, sink, close_sink=False))
             await asyncio.sleep(0)                   # b1's chunk fills the pipe: b1 owns the sink
@@ -404,16 +416,7 @@ def test_a_cancelled_pump_leaves_the_shared_sink_alone() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await second
             assert not sink.waiting
-            os.set_blocking(r, False)
-            out = bytearray()
-            deadline = loop.time() + 3
-            while loop.time() < deadline:
-                await asyncio.sleep(0.01)
-                try:
-                    out += os.read(r, 65536)
-                except BlockingIOError:
-                    pass
-            assert bytes(out) == b"A" * 20000
+            assert await _read_pipe(r, 3) == b"A" * 20000
             a1.write_eof()
             await asyncio.wait_for(first, 10)
         finally:
