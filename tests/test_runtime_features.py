@@ -651,6 +651,81 @@ def test_remote_forward_pipelines_the_first_bytes_into_the_syn() -> None:
     assert warm <= 0.5 * rtt + 0.05
 
 
+async def _forwarded_before_the_listen_reply(reply_delay: float) -> tuple[bytes, list[str]]:
+    """``-R`` on a fixed port, where the server's reply with the port reaches the client
+    ``reply_delay`` s late: an application connects as soon as the server listens, so its
+    FORWARDED connection reaches the client before the reply. Returns the echo it reads and
+    the client's log."""
+    from toucli.forward import TYPE_LISTEN, ForwardClient, ForwardServer, Link, Log, Permits, RemoteForward
+
+    async def echo(reader, writer):
+        writer.write(await reader.read(100))
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(echo, "127.0.0.1", 0)
+    tport = srv.sockets[0].getsockname()[1]
+    cfg = engine_config(socket.AF_INET, PlainTransport.overhead, fast_open=True)
+    stunnel = Tunnel(_delayed_socket(0.01), PlainTransport(), cfg, pmtu=True)
+    server = ForwardServer(stunnel, Permits([]), Log(), allow_listen=True)
+    ctunnel = Tunnel(_delayed_socket(0.01), PlainTransport(), cfg, pmtu=True)
+    lines: list[str] = []
+    link = Link(ctunnel, stunnel.usock.local_address(), Log(), secure=False)
+    client = ForwardClient(ctunnel, link, Log(write=lines.append), wait=5.0)
+    plain_open = client.open
+
+    async def open_with_a_late_reply(rtype, host, port, *args, **kw):
+        ch = await plain_open(rtype, host, port, *args, **kw)
+        if rtype == TYPE_LISTEN:
+            read = ch.read
+
+            async def late_read(n=-1):
+                await asyncio.sleep(reply_delay)
+                return await read(n)
+            ch.read = late_read
+        return ch
+
+    client.open = open_with_a_late_reply
+    link.start()
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    rport = probe.getsockname()[1]
+    probe.close()
+    try:
+        reg = asyncio.ensure_future(client.register(RemoteForward("127.0.0.1", rport, "127.0.0.1", tport, "r")))
+        while True:                                      # connect the moment the server listens
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", rport)
+                break
+            except ConnectionRefusedError:
+                await asyncio.sleep(0.005)
+        assert not reg.done()
+        writer.write(b"early bird")
+        await writer.drain()
+        try:
+            got = await asyncio.wait_for(reader.read(100), 5)
+        except ConnectionResetError:
+            got = b"(reset)"
+        writer.close()
+        assert await asyncio.wait_for(reg, 5) == rport
+        return got, lines
+    finally:
+        srv.close()
+        link.close()
+        await client.close()
+        for t in list(server.tasks):
+            t.cancel()
+        await asyncio.gather(*server.tasks, return_exceptions=True)
+        ctunnel.close()
+        stunnel.close()
+
+
+def test_a_forwarded_connection_that_overtakes_the_listen_reply_is_served() -> None:
+    got, lines = asyncio.run(_forwarded_before_the_listen_reply(0.3))
+    assert got == b"early bird"
+    assert not any("refused" in line for line in lines), lines
+
+
 # ------------------------------------------------------------------ sender statistics
 def test_unsent_bytes_limited_by_and_bytes_acked_without_syn_fin() -> None:
     a = Endpoint(ConnectionConfig(pacing=False, initial_window_segments=2), b"a" * 32)

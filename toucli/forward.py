@@ -994,6 +994,9 @@ class ForwardClient:
         self.lsocks: list[socket.socket] = []
         self.remote: dict[tuple[str, int], RemoteForward] = {}
         self.registrations: list[asyncio.Task] = []
+        # LISTEN requests waiting for the server's reply: the server listens (and
+        # may forward a connection) before its reply with the port reaches us.
+        self.listening: set[asyncio.Future] = set()
         tunnel.on_accept = self.accept
         tunnel.listen(FORWARD_PORT)
 
@@ -1156,6 +1159,15 @@ class ForwardClient:
         return port
 
     async def _listen_request(self, spec: RemoteForward) -> tuple[Channel, int]:
+        done = self.loop.create_future()
+        self.listening.add(done)
+        try:
+            return await self._ask_listen(spec)
+        finally:
+            self.listening.discard(done)
+            done.set_result(None)
+
+    async def _ask_listen(self, spec: RemoteForward) -> tuple[Channel, int]:
         bind = remote_bind(spec)
         ch = await self.open(TYPE_LISTEN, bind, spec.port)
         try:
@@ -1208,7 +1220,7 @@ class ForwardClient:
             except (EOFError, asyncio.TimeoutError):
                 ch.abort("no request")
                 return
-            spec = self.remote.get((canonical_host(req.host), req.port)) if req.type == TYPE_FORWARDED else None
+            spec = await self._remote_forward(req) if req.type == TYPE_FORWARDED else None
             if spec is None:
                 why = (f"no remote forward for {show(req.host, req.port)}" if req.type == TYPE_FORWARDED
                        else f"{TYPE_NAMES[req.type]} is not accepted by a forward client")
@@ -1233,6 +1245,13 @@ class ForwardClient:
             await bridge(ch, sock)
         except TunnelError as exc:
             self.log.info(f"remote forward: {exc}")
+
+    async def _remote_forward(self, req: TargetRequest) -> RemoteForward | None:
+        """The remote forward a FORWARDED request is for, once registrations in flight have their reply."""
+        key = (canonical_host(req.host), req.port)
+        if key not in self.remote and self.listening:
+            await asyncio.wait(list(self.listening), timeout=self.wait)
+        return self.remote.get(key)
 
     async def close(self) -> None:
         for t in self.listen_tasks + self.registrations:
