@@ -73,14 +73,14 @@ class HarnessError(AssertionError):
 
 
 def test_config(**overrides: Any) -> ConnectionConfig:
-    """A small, predictable configuration: no timestamps, no window scaling.
+    """A small, predictable configuration: no timestamps, no window scaling, RFC 6298 RTO.
 
     MSS 1000 and a 64000-byte receive buffer give round numbers: the engine
     advertises ``wnd=64000`` until data is buffered.
     """
     base = dict(mss=1000, send_buffer=1 << 20, recv_buffer=64000, initial_recv_window=64000,
                 window_scaling=False, timestamps=False, sack=True, congestion_control="newreno",
-                pacing=False)
+                pacing=False, rto_min_var=0.0)
     base.update(overrides)
     return ConnectionConfig(**base)
 

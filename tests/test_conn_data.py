@@ -476,3 +476,27 @@ def test_sack_block_limit_with_timestamps():
                at=1.1 + k * 0.01)
     last = t.pop_segments()[-1]
     assert last.sack == tuple((R + 1000 + 2000 * k, R + 1100 + 2000 * k) for k in (4, 3, 2))
+
+
+def test_sack_blocks_never_push_a_data_segment_past_the_mss():
+    """RFC 9293 §3.7.1: payload plus options within the MSS. A full-sized data segment has
+    room for no SACK block beside the timestamps; a short one carries what fits, and
+    blocks no segment of the batch could carry follow on a pure ACK."""
+    from toucli.stack.tcp import header_length
+
+    def batch(size: int) -> list:
+        t = ts_est()
+        # two out-of-order arrivals: two SACK blocks to report
+        t.recv(t.inp(R + 100, S, ACK, 30000, b"x" * 10, tsval=300, tsecr=1010), at=1.1)
+        t.recv(t.inp(R + 200, S, ACK, 30000, b"y" * 10, tsval=301, tsecr=1010), at=1.1)
+        t.pop_output()
+        t.send(b"d" * size, at=1.2)
+        out = [seg for _, _, seg in t.pop_output()]
+        for seg in out:
+            assert header_length(seg) - 20 + len(seg.payload) <= 1000, seg   # the MSS
+        return out
+
+    short_tail = batch(2500)
+    assert [(len(s.payload), len(s.sack or ())) for s in short_tail] == [(988, 0), (988, 0), (524, 2)]
+    full = batch(1976)
+    assert [(len(s.payload), len(s.sack or ())) for s in full] == [(988, 0), (988, 0), (0, 2)]

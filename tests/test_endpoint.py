@@ -222,3 +222,24 @@ def test_output_before_drain_makes_next_deadline_immediate():
     assert ep.next_deadline() == float("-inf")
     ep.segments_to_send(0.0)
     assert ep.next_deadline() == pytest.approx(1.0)
+
+
+def test_held_syn_leaves_on_release_and_is_timed_from_then():
+    """``connect(hold=True)``: nothing goes out and no timer runs until ``release``; the SYN
+    then carries the release time, and the SYN-ACK's RTT sample counts from it."""
+    ep = Endpoint(test_config(timestamps=True), SECRET)
+    conn = ep.connect("P", 40000, 80, 1.0, hold=True, data=b"early")
+    other = ep.connect("Q", 40001, 80, 1.0)
+    assert [p for p, _ in ep.segments_to_send(1.0)] == ["Q"]       # only the open path sends
+    assert conn.state == State.SYN_SENT and ep.next_deadline() == other.next_deadline()
+    ep.handle_timer(10.0)                                           # Q's SYN times out; P's never ran
+    assert [p for p, _ in ep.segments_to_send(10.0)] == ["Q"] and conn.rto_count == 0
+    ep.release("P", 12.0)
+    out = [s for p, s in ep.segments_to_send(12.0) if p == "P"]
+    assert len(out) == 1 and out[0].flags == SYN and conn._ts_to_time(out[0].tsval) == 12.0
+    syn = out[0]
+    ep.receive("P", Segment(80, 40000, 7000, syn.seq + 1, SYN | ACK, 64000, tsval=1, tsecr=syn.tsval,
+                            mss=1000), 12.25)
+    assert conn.state == State.ESTABLISHED and abs(conn.stats()["srtt"] - 0.25) < 1e-9
+    sent = b"".join(s.payload for p, s in ep.segments_to_send(12.25) if p == "P")
+    assert sent == b"early"

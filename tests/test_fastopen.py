@@ -78,10 +78,12 @@ def test_syn_data_is_capped_at_the_cached_mss():
     t.ep.tfo_cookies[PEER] = (COOKIE, 600)
     data = bytes(range(256)) * 8                            # 2048 bytes
     connect(t, data)
-    t.expect(syn(t, tfo_cookie=COOKIE, payload=data[:600]))
-    t.recv(t.inp(IRS, S + 600, SYN | ACK, W, mss=600, sack_perm=True), at=0.1)
-    t.expect(t.out(S + 600, R, ACK, W, data[600:1200]), t.out(S + 1200, R, ACK, W, data[1200:1800]),
-             t.out(S + 1800, R, ACK | PSH, W, data[1800:]))
+    # RFC 9293 §3.7.1: payload plus options within the MSS; this SYN's options (MSS,
+    # SACK-permitted, the cookie) take 20 bytes
+    t.expect(syn(t, tfo_cookie=COOKIE, payload=data[:580]))
+    t.recv(t.inp(IRS, S + 580, SYN | ACK, W, mss=600, sack_perm=True), at=0.1)
+    t.expect(t.out(S + 580, R, ACK, W, data[580:1180]), t.out(S + 1180, R, ACK, W, data[1180:1780]),
+             t.out(S + 1780, R, ACK | PSH, W, data[1780:]))
 
 
 def test_refused_syn_data_is_sent_again_at_once():

@@ -148,3 +148,17 @@ def test_invalid_arguments_raise() -> None:
     e = RttEstimator()
     with pytest.raises(LocalError):
         e.on_sample(0.1, now=0.0, samples_per_window=0)
+
+
+def test_min_var_keeps_the_rto_that_far_above_srtt() -> None:
+    """Linux's floor is on the variance term: a 100 ms path with a steady RTT gets an RTO
+    of 300 ms, where RFC 6298's sum floor would give 200 ms."""
+    plain, linux = RttEstimator(), RttEstimator(min_var=0.2)
+    for i in range(50):
+        plain.on_sample(0.1, now=i * 0.1)
+        linux.on_sample(0.1, now=i * 0.1)
+    assert plain.rto == pytest.approx(0.2)
+    assert linux.rto == pytest.approx(0.3, abs=1e-6)
+    short = RttEstimator(min_var=0.2)
+    short.on_sample(0.001, now=0.0)
+    assert short.rto == pytest.approx(0.001 + 0.2, abs=1e-3)

@@ -34,8 +34,8 @@ def test_engine_config_congestion_control_and_mtu() -> None:
     with pytest.raises(TunnelError) as err:
         engine_config(socket.AF_INET, 4, cc="vegas")
     assert err.value.exit_code == EXIT_USAGE and "bbr, cubic, newreno" in str(err.value)
-    assert engine_config(socket.AF_INET, 4).mss == mss_for(socket.AF_INET, 4) == 1408
-    assert engine_config(socket.AF_INET, 53, mtu=1280).mss == 1280 - 20 - 8 - 53 - 20 - 40
+    assert engine_config(socket.AF_INET, 4).mss == mss_for(socket.AF_INET, 4) == 1448
+    assert engine_config(socket.AF_INET, 53, mtu=1280).mss == 1280 - 20 - 8 - 53 - 20
     assert engine_config(socket.AF_INET, 4).fast_open is False
     assert engine_config(socket.AF_INET, 4, fast_open=True).fast_open is True
     assert ConnectionConfig().congestion_control == "cubic"     # the engine's own default is unchanged
@@ -245,7 +245,7 @@ def test_discovery_finds_the_loopback_interface_limit() -> None:
     result, client, server = asyncio.run(_pmtu_pair(65535, transfer=2_000_000))
     for plpmtu, state, mss in result:
         assert state is PmtuState.SEARCH_COMPLETE and plpmtu == 65507
-        assert mss == 65507 - 4 - 20 - 40 - 12          # GUE, TCP header, options headroom, timestamps
+        assert mss == 65507 - 4 - 20 - 12               # GUE, TCP header, timestamps
     assert client.usock.df and server.usock.df
     assert client.path_mtu == server.path_mtu == 65535 and client.stats()["pmtu_probes"] == 2   # base, then max
     assert client.usock.data_dropped == server.usock.data_dropped == 0
@@ -260,8 +260,8 @@ def test_secure_discovery_stops_at_one_full_record() -> None:
     assert largest == 12 + 13 + 8 + 16384 + 16
     for plpmtu, state, mss in result:
         assert state is PmtuState.SEARCH_COMPLETE and plpmtu == largest
-        assert mss == largest - client.transport.overhead - 20 - 40 - 12
-    assert client.config.mss == largest - client.transport.overhead - 20 - 40
+        assert mss == largest - client.transport.overhead - 20 - 12
+    assert client.config.mss == largest - client.transport.overhead - 20
     assert client.config.send_mss == mss_for(socket.AF_INET, client.transport.overhead)
 
 
@@ -340,7 +340,7 @@ def test_discovery_settles_below_a_narrow_path_and_data_flows(monkeypatch) -> No
     for plpmtu, state, mss in result:
         assert state is PmtuState.SEARCH_COMPLETE
         assert 1350 - 16 <= plpmtu <= 1350
-        assert mss == plpmtu - 4 - 20 - 40 - 12
+        assert mss == plpmtu - 4 - 20 - 12
     # data segments start at the base size (1200) and only grow to what probes confirmed
     assert client.usock.data_dropped == server.usock.data_dropped == 0
     assert client.usock.probes_dropped + server.usock.probes_dropped >= 3     # 1472 failed three times
@@ -430,6 +430,33 @@ def test_syn_room_follows_the_size_the_engine_puts_in_a_syn() -> None:
     assert cfg.mss > 60000 and first == cfg.send_mss - 12 == mss_for(socket.AF_INET, 4) - 12
     assert small_server == 1000 - 12
     assert base == mss_1200 - 12
+
+
+async def _first_connection_on_a_new_session(rtt: float) -> dict:
+    """A secure tunnel over a path of ``rtt``; the first inner connection opens while the
+    DTLS handshake runs. Its stats once established."""
+    server_t, client_t = _secure("server"), _secure("client")
+    cfg = engine_config(socket.AF_INET, server_t.overhead)
+    accepted: asyncio.Queue[Channel] = asyncio.Queue()
+    server = Tunnel(_delayed_socket(rtt / 2), server_t, cfg, on_accept=accepted.put_nowait)
+    server.listen()
+    client = Tunnel(_delayed_socket(rtt / 2), client_t, cfg)
+    try:
+        ch = client.connect(server.usock.local_address())
+        await asyncio.wait_for(ch.connected, 10)
+        return ch.conn.stats()
+    finally:
+        client.close()
+        server.close()
+
+
+def test_the_first_syn_waits_for_the_secure_session_and_is_timed_from_then() -> None:
+    """The DTLS handshake takes round trips of its own; the SYN leaves when it is done, so
+    the handshake's RTT sample is the path's, not the session set-up plus the path's."""
+    rtt = 0.3
+    st = asyncio.run(_first_connection_on_a_new_session(rtt))
+    assert rtt <= st["srtt"] < rtt + 0.1, st["srtt"]
+    assert st["retransmitted_segments"] == 0 and st["rto_count"] == 0
 
 
 # ------------------------------------------------------------------ Fast Open in forward
@@ -724,6 +751,65 @@ def test_a_forwarded_connection_that_overtakes_the_listen_reply_is_served() -> N
     got, lines = asyncio.run(_forwarded_before_the_listen_reply(0.3))
     assert got == b"early bird"
     assert not any("refused" in line for line in lines), lines
+
+
+def test_receive_window_keeps_ahead_of_a_doubling_sender() -> None:
+    """Dynamic right-sizing (as Linux's tcp_rcv_space_adjust): per RTT the window is twice
+    what the application read, plus the growth of that amount, so a sender doubling its
+    rate per round trip is not held by the window."""
+    b = Endpoint(ConnectionConfig(timestamps=False), b"b" * 32)
+    b.listen(1)
+    a = Endpoint(ConnectionConfig(timestamps=False, pacing=False), b"a" * 32)
+    ca = a.connect("B", 40000, 1, 0.0)
+    _pump(a, b, 0.0)
+    cb = next(iter(b.connections.values()))
+    assert cb.rcv_space == 256 << 10
+    now, off, mss = 0.0, 0, 1000
+    for amount in (100_000, 200_000):          # what arrives (and is read) in two round trips
+        now += 0.1
+        for _ in range(amount // mss):
+            b.receive("A", _data_from(ca, cb, off, mss), now)
+            off += mss
+            cb.recv()
+            b.segments_to_send(now)
+    b.receive("A", _data_from(ca, cb, off, mss), now + 0.1)    # the next round trip's first arrival measures
+    # 2 x 200 kB + 16 segments, grown in proportion to the growth: about 0.85 MB (the old rule: 0.4 MB)
+    assert cb.rcv_space > 800_000, cb.rcv_space
+
+
+def _data_from(src, dst, off: int, n: int):
+    from toucli.stack.segment import ACK, Segment
+
+    return Segment(src.local_port, src.remote_port, (dst.irs + 1 + off) & 0xFFFFFFFF,
+                   (dst.iss + 1) & 0xFFFFFFFF, ACK, 65535, bytes(n))
+
+
+def test_a_full_send_buffer_is_not_an_application_limit() -> None:
+    """The application writes faster than the send buffer drains: with everything in the
+    buffer sent, the sender waits on its own buffer, not on the application, so rate
+    samples stay valid for BBR's full-pipe test and the reason shows as ``sndbuf``."""
+    b = Endpoint(ConnectionConfig(), b"b" * 32)
+    b.listen(1)
+
+    def sender(port: int, write: int):
+        a = Endpoint(ConnectionConfig(pacing=False, send_buffer=64_000), b"a" * 32)
+        ca = a.connect("B", port, 1, 0.0)
+        _pump(a, b, 0.0)
+        ca.send(b"w" * 1000)                 # a first exchange ends the idle start's app-limited phase
+        _pump(a, b, 0.05)
+        _pump(a, b, 0.1)
+        marked = ca._app_limited_until        # (set when that first write was all sent)
+        ca.cc.cwnd = 200_000
+        taken = ca.send(b"z" * write)
+        a.segments_to_send(0.2)              # everything buffered goes out; nothing is acked yet
+        return ca, taken, marked
+
+    full, taken, marked = sender(40000, 100_000)
+    assert taken < 100_000 and full.stats()["unsent_bytes"] == 0
+    assert full.stats()["limited_by"] == "sndbuf" and full._app_limited_until == marked
+    idle, taken, marked = sender(40001, 10_000)
+    assert taken == 10_000
+    assert idle.stats()["limited_by"] == "app" and idle._app_limited_until > marked
 
 
 # ------------------------------------------------------------------ sender statistics

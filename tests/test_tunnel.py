@@ -20,10 +20,10 @@ from toucli.udp import UdpSocket
 
 
 def test_mss_from_the_path() -> None:
-    # 1500 - IP - UDP 8 - GUE 4 - TCP 20 - 40 bytes of options headroom
-    assert mss_for(socket.AF_INET, 4) == 1500 - 20 - 8 - 4 - 20 - 40 == 1408
-    assert mss_for(socket.AF_INET6, 4) == 1388
-    assert mss_for(socket.AF_INET, 53) == 1359     # DTLS 1.2 AES-GCM overhead
+    # 1500 - IP - UDP 8 - GUE 4 - TCP 20; options come out of the MSS (RFC 9293 §3.7.1)
+    assert mss_for(socket.AF_INET, 4) == 1500 - 20 - 8 - 4 - 20 == 1448
+    assert mss_for(socket.AF_INET6, 4) == 1428
+    assert mss_for(socket.AF_INET, 53) == 1399     # DTLS 1.2 AES-GCM overhead
 
 
 def test_keepalive_finds_a_dead_peer_within_the_setting() -> None:

@@ -30,7 +30,8 @@ from toucli.stats import connection_rows
 
 SORTS = ("id", "up", "down", "rtt", "retrans", "age")
 SPARK = "▁▂▃▄▅▆▇█"
-LIMIT_NAMES = {"app": "app", "rwnd": "recv window", "cwnd": "congestion", "pacing": "pacing"}
+LIMIT_NAMES = {"app": "app", "rwnd": "recv window", "cwnd": "congestion", "pacing": "pacing",
+               "sndbuf": "send buffer"}
 
 # Key names KeyReader produces and Dashboard.handle_key understands.
 KEY_UP, KEY_DOWN, KEY_ENTER, KEY_ESC = "up", "down", "enter", "esc"

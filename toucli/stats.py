@@ -36,7 +36,8 @@ LIMIT_APP = "app"               # nothing (more) to send: the application or the
 LIMIT_RWND = "rwnd"             # the peer's receive window is full
 LIMIT_CWND = "cwnd"             # the congestion window is full
 LIMIT_PACING = "pacing"         # the pacer holds the next segment back
-LIMITS = (LIMIT_APP, LIMIT_RWND, LIMIT_CWND, LIMIT_PACING)
+LIMIT_SNDBUF = "sndbuf"         # all sent, and the application waits for room in the send buffer
+LIMITS = (LIMIT_APP, LIMIT_RWND, LIMIT_CWND, LIMIT_PACING, LIMIT_SNDBUF)
 
 _SENDING_STATES = frozenset({"ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "CLOSING", "LAST_ACK"})
 

@@ -55,7 +55,6 @@ RECV_CALLS_PER_WAKEUP = 64   # bounded drain: other work runs between bursts
 READ_CHUNK = 256 << 10       # bytes moved per local read/write
 PATH_MTU = 1500
 TCP_HEADER = 20
-TCP_OPTIONS_HEADROOM = 40
 DEFAULT_KEEPALIVE = 30.0     # seconds until a silent peer is declared dead
 DEFAULT_CC = "bbr"           # the runtime's congestion control (README "Congestion control")
 CLOSE_TIMEOUT = 2.0          # graceful close on a signal: how long FINs may take
@@ -86,9 +85,13 @@ class AuthenticationError(TunnelError):
 
 # ----------------------------------------------------------------- settings
 def mss_for(family: int, transport_overhead: int, mtu: int = PATH_MTU) -> int:
-    """Engine MSS: the path MTU less IP, UDP, the transport's bytes, the TCP header and 40 bytes of options."""
+    """Engine MSS: the path MTU less IP, UDP, the transport's bytes and the TCP header.
+
+    Options come out of the MSS (RFC 9293 §3.7.1): the engine fits each segment's
+    payload and options under it.
+    """
     ip = 40 if family == socket.AF_INET6 else 20
-    return mtu - ip - 8 - transport_overhead - TCP_HEADER - TCP_OPTIONS_HEADROOM
+    return mtu - ip - 8 - transport_overhead - TCP_HEADER
 
 
 def cc_names() -> list[str]:
@@ -116,6 +119,12 @@ def engine_config(family: int, transport_overhead: int, *, keepalive: float = DE
         raise TunnelError(f"unknown congestion control {cc!r} (known: {', '.join(cc_names())})", EXIT_USAGE)
     cfg = ConnectionConfig(mss=mss_for(family, transport_overhead, mtu or PATH_MTU),
                            congestion_control=name, fast_open=fast_open)
+    if name == "bbr":
+        # Linux's RTO floor on the variance term: BBR keeps a window of BDPs in flight,
+        # and an RTO 200 ms after the last cumulative ACK fired before a recovery's head
+        # retransmission could be answered (bench/RESULTS.md, 2026-11-27). With CUBIC at
+        # 5-10 % loss it cost goodput in the simulator, so it stays off there.
+        cfg.rto_min_var = 0.2
     if keepalive > 0:
         cfg.keepalive_idle = keepalive / 2
         cfg.keepalive_interval = keepalive / 6
@@ -136,6 +145,7 @@ class Transport(Protocol):
     max_datagram: int      # the largest datagram it can build (UDP payload bytes)
 
     def open(self, addr: Address, now: float) -> Hashable: ...
+    def ready(self, peer: Hashable) -> bool: ...
     def address(self, peer: Hashable) -> Address: ...
     def decode(self, data: memoryview, addr: Address, now: float, out: list) -> None: ...
     def encode(self, peer: Hashable, seg: Segment) -> tuple[bytes, Address] | None: ...
@@ -162,6 +172,9 @@ class PlainTransport:
 
     def open(self, addr: Address, now: float) -> Hashable:
         return addr
+
+    def ready(self, peer: Hashable) -> bool:
+        return True
 
     def address(self, peer: Hashable) -> Address:
         return peer
@@ -206,13 +219,11 @@ class PlainTransport:
 class SecureTransport:
     """The secure channel (:mod:`toucli.session`): DTLS records in GUE; ``peer`` is a ``Session``.
 
-    Segments for a session whose handshake is still running wait in a short
-    queue (:data:`PENDING_SEGMENTS`) and leave once it is established, so the
-    first SYN does not wait for a retransmission timeout.
+    A session is :meth:`ready` once its handshake is done; until then the tunnel
+    holds the SYNs of its connections in the engine (``Endpoint.connect(hold=True)``).
     """
 
     name = "DTLS"
-    PENDING_SEGMENTS = 64
 
     def __init__(self, endpoint: Any) -> None:
         from toucli.session import GUE_HEADER_LEN
@@ -222,10 +233,12 @@ class SecureTransport:
         self.overhead = GUE_HEADER_LEN + RECORD_HEADER_LEN + 8 + 16   # AES-GCM: explicit nonce + tag
         self.max_datagram = self.overhead + MAX_PLAINTEXT                # one record per datagram
         self.drops = 0
-        self._waiting: dict[Any, list[bytes]] = {}
 
     def open(self, addr: Address, now: float) -> Hashable:
         return self.ep.connect(addr, now)
+
+    def ready(self, peer: Any) -> bool:
+        return peer.state != "handshake"
 
     def address(self, peer: Any) -> Address:
         return peer.peer_addr
@@ -239,26 +252,13 @@ class SecureTransport:
             out.append((session, seg))
 
     def encode(self, peer: Any, seg: Segment) -> tuple[bytes, Address] | None:
-        raw = encode_segment(seg, checksum=False)
-        if peer.state == "handshake":
-            queue = self._waiting.setdefault(peer, [])
-            if len(queue) < self.PENDING_SEGMENTS:
-                queue.append(raw)
-            return None
-        datagram = self.ep.seal_segment(peer, raw)
+        datagram = self.ep.seal_segment(peer, encode_segment(seg, checksum=False))
         if datagram is None:
             return None
         return datagram, peer.peer_addr
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        out = self.ep.datagrams_to_send(now)
-        if self._waiting:
-            for session in [s for s in self._waiting if s.state != "handshake"]:
-                for raw in self._waiting.pop(session):
-                    datagram = self.ep.seal_segment(session, raw)
-                    if datagram is not None:
-                        out.append((datagram, session.peer_addr))
-        return out
+        return self.ep.datagrams_to_send(now)
 
     def next_deadline(self) -> float | None:
         return self.ep.next_deadline()
@@ -279,7 +279,6 @@ class SecureTransport:
         if isinstance(event, AuthenticationFailed):
             return session, AuthenticationError(event.reason)
         if isinstance(event, SessionClosed):
-            self._waiting.pop(session, None)
             if event.reason.startswith("authentication failed"):
                 return session, AuthenticationError(event.reason)
             return session, TunnelError(f"secure session with {format_address(session.peer_addr)} "
@@ -507,6 +506,7 @@ class Tunnel:
         self.on_event = on_event          # transport (session) events
         self.channels: dict[Connection, Channel] = {}
         self._closing: set[Channel] = set()
+        self._held: set[Hashable] = set()          # peers whose transport is not ready: SYNs wait
         self._scheduled = False
         self._servicing = False
         self._timer: asyncio.TimerHandle | None = None
@@ -547,7 +547,10 @@ class Tunnel:
             lport = random.randint(49152, 65535)
             if lport not in used:
                 break
-        conn = self.ep.connect(peer, lport, remote_port, now, data=data)
+        hold = not self.transport.ready(peer)
+        if hold:
+            self._held.add(peer)
+        conn = self.ep.connect(peer, lport, remote_port, now, data=data, hold=hold)
         ch = Channel(self, conn)
         ch.bytes_out = len(data)
         self.channels[conn] = ch
@@ -652,8 +655,12 @@ class Tunnel:
             self.loop.remove_writer(self.usock.fileno())
 
     def _output(self, now: float) -> None:
-        segs = self.ep.segments_to_send(now)
         tr = self.transport
+        if self._held:
+            for peer in [p for p in self._held if tr.ready(p)]:
+                self._held.discard(peer)
+                self.ep.release(peer, now)
+        segs = self.ep.segments_to_send(now)
         out = tr.datagrams_to_send(now)
         if segs:
             encode = tr.encode
@@ -791,7 +798,7 @@ class Tunnel:
     # ---- path MTU (RFC 8899)
     def mss_for_datagram(self, size: int) -> int:
         """The ``set_mss`` argument for UDP payloads of ``size`` bytes (as :func:`mss_for` counts)."""
-        return size - self.transport.overhead - TCP_HEADER - TCP_OPTIONS_HEADROOM
+        return size - self.transport.overhead - TCP_HEADER
 
     def _pmtu_connected(self, conn: Connection) -> None:
         """A connection is up: it uses its peer's current PLPMTU, and the peer's search starts."""
@@ -801,7 +808,7 @@ class Tunnel:
         if path is None:
             addr = self.transport.address(peer)
             ipv6 = self.usock.family == socket.AF_INET6 and not str(addr[0]).startswith("::ffff:")
-            largest = self.config.mss + self.transport.overhead + TCP_HEADER + TCP_OPTIONS_HEADROOM
+            largest = self.config.mss + self.transport.overhead + TCP_HEADER
             route = self.usock.route_mtu(addr)       # RFC 8899 §5.1.2: MAX_PLPMTU <= the interface's
             if route is not None:
                 largest = min(largest, udp_payload_limit(route, ipv6))
@@ -936,7 +943,7 @@ class Tunnel:
             return max(p.pm.plpmtu + (48 if p.ipv6 else 28) for p in self.paths.values())
         ip_udp = 48 if self.usock.family == socket.AF_INET6 else 28
         mss = self.config.send_mss or self.config.mss
-        return mss + self.transport.overhead + TCP_HEADER + TCP_OPTIONS_HEADROOM + ip_udp
+        return mss + self.transport.overhead + TCP_HEADER + ip_udp
 
     def stats(self) -> dict:
         u = self.usock

@@ -35,6 +35,7 @@ from .rtt import RttEstimator
 from .scoreboard import APP_LIMITED, RETRANSMITTED, Ranges, SentLog
 from .segment import ACK, FIN, PSH, RST, SYN, Segment
 from .seq import HALF, MASK, seq_lt, seq_sub
+from .tcp import HEADER_LEN as TCP_HEADER_LEN, header_length
 
 DUP_THRESH = 3                  # RFC 6675 §2 / RFC 5681 §3.2
 QUICKACK_SEGMENTS = 16          # ACK every segment at the start (receiver's slow-start helper)
@@ -133,11 +134,13 @@ class Connection:
         self.ooo = RangeSet()
         self._sack_recent: list[tuple[int, int]] = []  # most recent first (RFC 2018 §4)
         self._dsack: tuple[int, int] | None = None     # RFC 2883 block to report next
+        self._sack_owed = False                        # blocks left off a data segment: send a pure ACK
         self.fin_rcvd_off: int | None = None
         self._rcv_unacked = 0
         self._quickack = QUICKACK_SEGMENTS
         self._tune_start = now
         self._tune_copied = 0
+        self._tune_space = self.rcv_space // 2    # what the application read in the last measured RTT
 
         # --- options ---
         self.mss_peer = TCP_DEFAULT_MSS
@@ -151,7 +154,7 @@ class Connection:
         self.rcv_rtt: float | None = None
 
         # --- timers and recovery ---
-        self.rtt = RttEstimator(cfg.rto_initial, cfg.rto_min, cfg.rto_max)
+        self.rtt = RttEstimator(cfg.rto_initial, cfg.rto_min, cfg.rto_max, min_var=cfg.rto_min_var)
         self.cc = _cc.create(cfg.congestion_control, self.eff_mss, now,
                              cfg.initial_window_segments * self.eff_mss)
         if cfg.hystart and getattr(self.cc, "supports_hystart", False):
@@ -185,6 +188,7 @@ class Connection:
         self.delivered_ts = now     # C.delivered_time (draft-cheng-iccrg-delivery-rate-estimation)
         self.first_sent_ts = now    # C.first_sent_time
         self._app_limited_until = 0  # C.app_limited: delivered count that ends app-limited sampling
+        self._app_backlog = False    # the last send() did not fit: the send buffer, not the app, limits
         self.rs = RateSample()      # the rate sample of the ACK being processed
         self.delivery_rate = 0.0    # bytes/s of the last valid rate sample
         self._lost_marked = 0       # bytes ever marked lost (RateSample.losses per ACK)
@@ -203,6 +207,8 @@ class Connection:
         self._keepalive_sent = 0
         self.timewait_deadline: float | None = None
         self._syn_tries = 0
+        self._syn_time = now                    # when our SYN (or SYN-ACK) first left
+        self._syn_held = False                  # client: the path is not open yet (see release)
         self._last_recv = now
 
         # --- TCP Fast Open (RFC 7413) ---
@@ -312,7 +318,9 @@ class Connection:
             self.delack_deadline = None
             self._rcv_unacked = 0
             if self.sack_ok and (self._dsack is not None or self._sack_recent):
-                seg.sack = self._sack_blocks()
+                # RFC 9293 §3.7.1: payload and options stay within the MSS; blocks that do
+                # not fit beside the payload follow on a pure ACK (segments_to_send).
+                seg.sack = self._sack_blocks((self.eff_mss - len(payload) - 4) >> 3 if payload else 4)
         else:
             seg.ack = 0
         if self.ts_ok:
@@ -344,12 +352,17 @@ class Connection:
             seg.tfo_cookie = self._tfo_cookie             # RFC 7413 §4.1.2
         return seg
 
-    def _sack_blocks(self) -> tuple[tuple[int, int], ...]:
-        """SACK blocks, D-SACK first, then the most recent (RFC 2018 §4, RFC 2883 §4)."""
-        limit = 3 if self.ts_ok else 4
+    def _sack_blocks(self, room: int) -> tuple[tuple[int, int], ...]:
+        """SACK blocks, D-SACK first, then the most recent (RFC 2018 §4, RFC 2883 §4).
+
+        At most ``room`` blocks (what the segment has space for); when some are left
+        off, ``_sack_owed`` asks for a pure ACK to carry them all.
+        """
+        full = 3 if self.ts_ok else 4
+        limit = room if room < full else full
         irs = self.irs
         out = []
-        if self._dsack is not None:
+        if self._dsack is not None and limit > 0:
             a, b = self._dsack
             out.append(((irs + a) & MASK, (irs + b) & MASK))
             self._dsack = None
@@ -357,14 +370,19 @@ class Connection:
             if len(out) >= limit:
                 break
             out.append(((irs + a) & MASK, (irs + b) & MASK))
+        self._sack_owed = self._dsack is not None or len(out) < min(full, len(self._sack_recent))
         return tuple(out)
 
     def _queue_ack(self) -> None:
         self._ack_now = True
 
     # ---------------------------------------------------------------- open/close
-    def connect(self, now: float, tfo: tuple[bytes, int] | None = None) -> None:
+    def connect(self, now: float, tfo: tuple[bytes, int] | None = None, *, hold: bool = False) -> None:
         """Active open (RFC 9293 §3.10.1): send SYN.
+
+        With ``hold`` the path to the peer is not open yet (the caller's secure
+        session is still in its handshake): the SYN waits for :meth:`release`, so its
+        round-trip sample and retransmission timer do not include that wait.
 
         With ``config.fast_open`` (RFC 7413 §4.1): ``tfo`` is the cached (cookie,
         server MSS) for this peer. With a cookie, the SYN is built when output is
@@ -383,14 +401,32 @@ class Connection:
                 self._syn_pending = True
             else:
                 self._tfo_cookie = b""
+        if hold:
+            self._syn_held = True
+            return
+        self._send_syn(now)
+
+    def _send_syn(self, now: float) -> None:
+        self._syn_time = now
         if not self._syn_pending:
             self._ctl.append(self._segment(SYN, 0, now=now))
         self._arm_rto(now)
 
+    def release(self, now: float) -> None:
+        """The path is open: a SYN held by ``connect(hold=True)`` leaves now, timed from now."""
+        if not self._syn_held:
+            return
+        self._syn_held = False
+        if self.state == State.SYN_SENT:
+            self._send_syn(now)
+            if self.wake is not None:
+                self.wake(self)
+
     def _tfo_syn(self, now: float) -> Segment:
         """RFC 7413 §4.1.2: the SYN with our cookie and as much queued data as one MSS holds."""
         seg = self._syn_segment(SYN, now)
-        room = min(self.config.send_mss or self.config.mss, self._tfo_mss) - (12 if self.config.timestamps else 0)
+        # RFC 9293 §3.7.1: payload plus the SYN's options (MSS, WS, timestamps, cookie) within the MSS
+        room = min(self.config.send_mss or self.config.mss, self._tfo_mss) - (header_length(seg) - TCP_HEADER_LEN)
         n = min(len(self.snd_buf), max(room, 0))
         if n:
             seg.payload = bytes(self.snd_buf[:n])
@@ -554,6 +590,7 @@ class Connection:
             raise LocalError("send() after shutdown()")
         room = self.config.send_buffer - len(self.snd_buf)
         n = len(data)
+        self._app_backlog = n > room
         if n > room:
             n = max(room, 0)
             self._writer_blocked = True
@@ -824,7 +861,7 @@ class Connection:
     def _handshake_rtt(self, now: float) -> None:
         """First RTT sample from an unretransmitted SYN; else RTO = 3 s (RFC 6298 §5.7)."""
         if self._syn_tries == 1:
-            self.rtt.on_sample(max(now - self.created, 0.0), now)
+            self.rtt.on_sample(max(now - self._syn_time, 0.0), now)
         else:
             self.rtt.fallback_after_syn_timeout()
 
@@ -1433,16 +1470,31 @@ class Connection:
         self.timewait_deadline = now + self.config.time_wait
 
     def _autotune(self, now: float) -> None:
-        """Grow the offered window with the application's reading rate (DRS-like)."""
+        """Grow the offered window with the application's reading rate (dynamic right-sizing).
+
+        Per RTT: twice what the application read, so the sender is never held by
+        the window; and while that amount grows (the sender is in slow start or
+        BBR's start-up), in proportion to its growth, so the window keeps ahead
+        of a sender that doubles per round trip (as Linux's tcp_rcv_space_adjust).
+        """
         rtt = self.rtt.srtt or self.rcv_rtt or 0.05
         if now - self._tune_start < max(rtt, 0.001):
             return
         copied = self._tune_copied
         self._tune_copied = 0
         self._tune_start = now
+        last = self._tune_space
+        if copied <= last:
+            return
+        self._tune_space = copied
         cap = self.config.recv_buffer
-        if 2 * copied > self.rcv_space and self.rcv_space < cap:
-            self.rcv_space = min(cap, max(2 * copied, self.rcv_space))
+        if self.rcv_space >= cap:
+            return
+        want = 2 * copied + 16 * self.eff_mss
+        if last > 0:
+            want += 2 * want * (copied - last) // last
+        if want > self.rcv_space:
+            self.rcv_space = min(cap, want)
 
     # ------------------------------------------------------------------ timers
     def _arm_rto(self, now: float) -> None:
@@ -1609,12 +1661,12 @@ class Connection:
         out = self._ctl
         self._ctl = []
         st = self.state
-        if self._syn_pending and st == State.SYN_SENT:
+        if self._syn_pending and st == State.SYN_SENT and not self._syn_held:
             self._syn_pending = False
             out.insert(0, self._tfo_syn(now))
         if st in _SYNCHRONIZED and st != State.TIME_WAIT:
             self._send_data(out, now)
-        if self._ack_now and st != State.CLOSED and st != State.SYN_SENT:
+        if (self._ack_now or self._sack_owed) and st != State.CLOSED and st != State.SYN_SENT:
             out.append(self._segment(ACK, self.snd_max, now=now))
         if out:
             self.segs_out += len(out)
@@ -1675,6 +1727,8 @@ class Connection:
                 if fin_off is not None:
                     self._send_new(out, fin_off, fin_off + 1, now)
                     sent_any = sent_new = True
+                elif self._app_backlog:
+                    self.limited_by = "sndbuf"    # the application waits for room, not for data
                 elif pipe < cwnd:
                     # draft-cheng-iccrg-delivery-rate-estimation §3.4: the application, not
                     # the network, limits us; samples until this data is delivered are low.

@@ -106,8 +106,10 @@ class Endpoint:
         self.listeners.discard(port)
 
     def connect(self, peer: Hashable, local_port: int, remote_port: int, now: float,
-                config: ConnectionConfig | None = None, *, data: bytes = b"") -> Connection:
+                config: ConnectionConfig | None = None, *, data: bytes = b"", hold: bool = False) -> Connection:
         """Active open towards ``peer``; ``data`` is queued at once (as ``conn.send``).
+
+        ``hold``: the path to ``peer`` is not open yet; the SYN waits for :meth:`release`.
 
         With Fast Open on and a cookie cached for ``peer``, ``data`` (and anything
         else sent before the next :meth:`segments_to_send`) rides in the SYN, up to
@@ -133,11 +135,17 @@ class Endpoint:
             tfo = self.tfo_cookies.get(peer)
             if len(self.tfo_cookies) > TFO_CACHE_SIZE:
                 del self.tfo_cookies[next(iter(self.tfo_cookies))]   # forget the oldest
-        conn.connect(now, tfo)
+        conn.connect(now, tfo, hold=hold)
         if data:
             conn.send(data)
         self._touch(conn)
         return conn
+
+    def release(self, peer: Hashable, now: float) -> None:
+        """The path to ``peer`` is open: the SYNs held for it leave now (``connect(hold=True)``)."""
+        for conn in list(self.connections.values()):
+            if conn.peer == peer:
+                conn.release(now)
 
     def receive(self, peer: Hashable, seg: Segment, now: float) -> None:
         """Deliver one segment from ``peer``."""

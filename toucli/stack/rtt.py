@@ -6,7 +6,9 @@ Sans-I/O: every sample arrives with the caller's ``now``; nothing reads a clock.
 * RFC 6298 §2.2: the first sample R sets SRTT = R, RTTVAR = R/2.
 * RFC 6298 §2.3: later samples update RTTVAR (with the old SRTT) and then SRTT,
   alpha = 1/8, beta = 1/4; RTO = SRTT + max(G, K*RTTVAR) with K = 4.
-* RFC 6298 §2.4/§2.5: the RTO is clamped to [min_rto, max_rto].
+* RFC 6298 §2.4/§2.5: the RTO is clamped to [min_rto, max_rto]. ``min_var`` (0
+  by default) is the least variance term, Linux's way: with Linux's 200 ms the RTO
+  keeps 200 ms of slack over SRTT on a long path too.
 * RFC 6298 §5.5: every expiry doubles the RTO ("backoff"), still clamped to
   max_rto. A fresh, valid sample collapses the backoff (Karn's algorithm: the
   caller only passes samples that are unambiguous, e.g. from timestamps or from
@@ -41,7 +43,7 @@ class RttEstimator:
     """SRTT, RTTVAR, RTO with exponential backoff, and a windowed min-RTT (seconds)."""
 
     __slots__ = (
-        "initial_rto", "min_rto", "max_rto", "granularity",
+        "initial_rto", "min_rto", "max_rto", "granularity", "min_var",
         "srtt", "rttvar", "latest", "min_rtt",
         "_base_rto", "_backoffs", "_bucket_width", "_buckets",
     )
@@ -52,6 +54,7 @@ class RttEstimator:
         min_rto: float = 0.2,
         max_rto: float = 60.0,
         granularity: float = 0.001,
+        min_var: float = 0.0,
     ) -> None:
         if not (0.0 < min_rto <= max_rto):
             raise LocalError(f"need 0 < min_rto <= max_rto, got {min_rto!r}, {max_rto!r}")
@@ -63,6 +66,7 @@ class RttEstimator:
         self.min_rto = min_rto
         self.max_rto = max_rto
         self.granularity = granularity
+        self.min_var = max(min_var, granularity)
         self.srtt: float | None = None
         self.rttvar: float = 0.0
         self.latest: float | None = None
@@ -117,7 +121,8 @@ class RttEstimator:
             srtt = (1.0 - alpha) * srtt + alpha * rtt
         self.srtt = srtt
         var_term = K * self.rttvar
-        self._base_rto = self._clamp(srtt + (var_term if var_term > self.granularity else self.granularity))
+        floor = self.min_var     # RFC 6298: G; Linux: rto_min (so a recovery's head retransmission fits)
+        self._base_rto = self._clamp(srtt + (var_term if var_term > floor else floor))
         self._backoffs = 0
         self._update_min(rtt, now)
 
