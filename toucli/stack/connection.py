@@ -321,6 +321,8 @@ class Connection:
                 # RFC 9293 §3.7.1: payload and options stay within the MSS; blocks that do
                 # not fit beside the payload follow on a pure ACK (segments_to_send).
                 seg.sack = self._sack_blocks((self.eff_mss - len(payload) - 4) >> 3 if payload else 4)
+            else:
+                self._sack_owed = False
         else:
             seg.ack = 0
         if self.ts_ok:
