@@ -417,6 +417,9 @@ def test_syn_room_follows_the_size_the_engine_puts_in_a_syn() -> None:
             assert syn_room(tun, peer) == 0                         # no cookie: nothing rides in the SYN
             tun.ep.tfo_cookies[peer] = (b"cookie!!", 60000)
             first = syn_room(tun, peer)
+            tun.ep.connect(peer, 40000, 1, 0.0, data=b"x" * 70000)
+            syn = [seg for _, seg in tun.ep.segments_to_send(0.0)]
+            assert len(syn) == 1 and len(syn[0].payload) == first   # byte for byte what the engine sends
             tun.ep.tfo_cookies[peer] = (b"cookie!!", 1000)
             small_server = syn_room(tun, peer)
             tun.ep.tfo_cookies[peer] = (b"cookie!!", 60000)
@@ -427,9 +430,10 @@ def test_syn_room_follows_the_size_the_engine_puts_in_a_syn() -> None:
             tun.close()
 
     first, small_server, base, cfg, mss_1200 = asyncio.run(run())
-    assert cfg.mss > 60000 and first == cfg.send_mss - 12 == mss_for(socket.AF_INET, 4) - 12
-    assert small_server == 1000 - 12
-    assert base == mss_1200 - 12
+    syn_options = 4 + 12 + 4 + 12          # MSS; SACK-permitted + timestamps; window scale; the cookie
+    assert cfg.mss > 60000 and first == cfg.send_mss - syn_options == mss_for(socket.AF_INET, 4) - syn_options
+    assert small_server == 1000 - syn_options
+    assert base == mss_1200 - syn_options
 
 
 async def _first_connection_on_a_new_session(rtt: float) -> dict:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Hashable
 
 from toucli import socks
+from toucli.stack.connection import tfo_syn_room
 from toucli.tunnel import (
     AuthenticationError, Channel, FdStream, Tunnel, TunnelError, format_address, splice,
 )
@@ -582,20 +583,20 @@ def abort_socket(sock: socket.socket) -> None:
 def syn_room(tunnel: Tunnel, peer: Hashable) -> int:
     """Payload bytes a SYN to ``peer`` carries now: 0 without Fast Open or a cached cookie.
 
-    RFC 7413 §4.1.2: up to one segment, the smaller of the size we start sending
-    with (``send_mss``, as the engine fills the SYN) and the server's MSS (kept with
-    the cookie), less the timestamps option, and no more than the path MTU
+    RFC 7413 §4.1.2: what the engine puts in the SYN (:func:`tfo_syn_room`: one
+    segment of the size it starts sending with and no more than the server's MSS,
+    kept with the cookie, less the SYN's options), and no more than the path MTU
     validated so far for ``peer`` allows.
     """
     cfg = tunnel.config
     entry = tunnel.ep.tfo_cookies.get(peer) if cfg.fast_open else None
     if entry is None or not entry[0]:
         return 0
-    room = min(cfg.send_mss or cfg.mss, entry[1])
+    room = tfo_syn_room(cfg, entry[0], entry[1])
     plpmtu = tunnel.peer_plpmtu(peer)
     if plpmtu is not None:
-        room = min(room, tunnel.mss_for_datagram(plpmtu))
-    return max(0, room - (12 if cfg.timestamps else 0))
+        room = min(room, tfo_syn_room(cfg, entry[0], tunnel.mss_for_datagram(plpmtu)))
+    return room
 
 
 async def read_first(sock: socket.socket, limit: int, wait: float) -> bytes:

@@ -79,6 +79,17 @@ def _wscale_for(buffer: int) -> int:
     return shift
 
 
+
+def tfo_syn_room(cfg: ConnectionConfig, cookie: bytes, server_mss: int) -> int:
+    """Data bytes a Fast Open SYN with ``cookie`` carries (RFC 7413 §4.1.2): one segment of
+    the size sent first (``send_mss``) and no more than the server's MSS, less the SYN's
+    options (MSS, SACK-permitted, window scale, timestamps, the cookie), since payload plus
+    options stay within the MSS (RFC 9293 §3.7.1)."""
+    syn = Segment(1, 1, 0, 0, SYN, 0, mss=cfg.mss, sack_perm=cfg.sack,
+                  wscale=0 if cfg.window_scaling else None, tsval=0 if cfg.timestamps else None,
+                  tfo_cookie=cookie)
+    return max(0, min(cfg.send_mss or cfg.mss, server_mss) - (header_length(syn) - TCP_HEADER_LEN))
+
 class Connection:
     """A TCP connection (RFC 9293) with SACK (RFC 2018/6675), RFC 7323 and pluggable CC."""
 
@@ -427,8 +438,7 @@ class Connection:
     def _tfo_syn(self, now: float) -> Segment:
         """RFC 7413 §4.1.2: the SYN with our cookie and as much queued data as one MSS holds."""
         seg = self._syn_segment(SYN, now)
-        # RFC 9293 §3.7.1: payload plus the SYN's options (MSS, WS, timestamps, cookie) within the MSS
-        room = min(self.config.send_mss or self.config.mss, self._tfo_mss) - (header_length(seg) - TCP_HEADER_LEN)
+        room = tfo_syn_room(self.config, self._tfo_cookie or b"", self._tfo_mss)
         n = min(len(self.snd_buf), max(room, 0))
         if n:
             seg.payload = bytes(self.snd_buf[:n])
