@@ -625,6 +625,18 @@ def test_local_forward_pipelines_the_first_bytes_into_the_syn() -> None:
     assert lines == [f"tou: -L bad: server: 127.0.0.1:{oport} is not permitted (--permit-open)"]
 
 
+async def _close_remote_forward(srv, link, client, server, ctunnel, stunnel) -> None:
+    """Tear down a target server, a forward client and server and their two tunnels."""
+    srv.close()
+    link.close()
+    await client.close()
+    for t in list(server.tasks):
+        t.cancel()
+    await asyncio.gather(*server.tasks, return_exceptions=True)
+    ctunnel.close()
+    stunnel.close()
+
+
 async def _pipelined_remote_forward(rtt: float, sizes: list[int]) -> list[tuple[float, bool, bool]]:
     """``-R`` over a path of ``rtt`` (Fast Open on): the server listens, each local application
     connects there, writes ``size`` bytes and reads the echo from the client side's target.
@@ -663,14 +675,7 @@ async def _pipelined_remote_forward(rtt: float, sizes: list[int]) -> list[tuple[
             await asyncio.sleep(0.05)
         return out
     finally:
-        srv.close()
-        link.close()
-        await client.close()
-        for t in list(server.tasks):
-            t.cancel()
-        await asyncio.gather(*server.tasks, return_exceptions=True)
-        ctunnel.close()
-        stunnel.close()
+        await _close_remote_forward(srv, link, client, server, ctunnel, stunnel)
 
 
 def test_remote_forward_pipelines_the_first_bytes_into_the_syn() -> None:
@@ -741,14 +746,7 @@ async def _forwarded_before_the_listen_reply(reply_delay: float) -> tuple[bytes,
         assert await asyncio.wait_for(reg, 5) == rport
         return got, lines
     finally:
-        srv.close()
-        link.close()
-        await client.close()
-        for t in list(server.tasks):
-            t.cancel()
-        await asyncio.gather(*server.tasks, return_exceptions=True)
-        ctunnel.close()
-        stunnel.close()
+        await _close_remote_forward(srv, link, client, server, ctunnel, stunnel)
 
 
 def test_a_forwarded_connection_that_overtakes_the_listen_reply_is_served() -> None:
