@@ -401,3 +401,15 @@ def test_bbr_delivers_every_byte_on_impaired_links(params, sack):
     cfg = ConnectionConfig(congestion_control="bbr", sack=sack, user_timeout=600.0)
     r = transfer(params, MB, 256 << 10, seed=3, config=cfg, time_limit=2000.0)
     assert r.ab_ok and r.ba_ok and r.clean_close and not r.decode_drops, r.describe()
+
+
+def test_pacing_starts_at_high_gain_times_the_initial_window_per_rtt():
+    """BBRInitPacingRate: 2.89 x IW / RTT from the first RTT measured; a first bandwidth
+    sample below that (the initial window's burst, measured over a longer interval)
+    does not lower it during start-up."""
+    b = Bbr(MSS, 0.0, 10 * MSS)
+    f = Feed(b)
+    f.ack(rate=40e3, rtt=0.1, new_round=True)     # 40 kB/s: a third of IW per RTT
+    assert b.pacing_rate == pytest.approx(HIGH_GAIN * 10 * MSS / 0.1)
+    f.ack(rate=1e6, rtt=0.1, new_round=True)      # a real sample above it takes over
+    assert b.pacing_rate == pytest.approx(HIGH_GAIN * 1e6 * 0.99, rel=0.02)

@@ -299,7 +299,14 @@ class Bbr(CongestionControl):
         return MIN_PIPE_CWND_SEGMENTS * self.mss
 
     def _set_pacing_rate(self, gain: float) -> None:
-        """§4.2.1: pace at gain * BtlBw; before the pipe is full, never lower the rate."""
+        """§4.2.1: pace at gain * BtlBw; before the pipe is full, never lower the rate.
+
+        The rate starts at high_gain * initial cwnd / RTT (BBRInitPacingRate), so a
+        first bandwidth sample taken from the initial window's burst, lower than
+        that, does not slow the start-up's first rounds.
+        """
+        if self.pacing_rate == 0.0 and self.rtprop:
+            self.pacing_rate = HIGH_GAIN * self.initial_cwnd / self.rtprop
         bw = self.btl_bw
         if bw <= 0.0:
             return
