@@ -475,6 +475,19 @@ def _delayed_socket(delay: float):
     return LinkedUdpSocket(s, PathLink(random.Random(1), delay))
 
 
+async def _close_forward(srv, link, client, ctunnel, stunnel, server=None) -> None:
+    """Tear down a target server, a forward client (and server) and their two tunnels."""
+    srv.close()
+    link.close()
+    await client.close()
+    if server is not None:
+        for t in list(server.tasks):
+            t.cancel()
+        await asyncio.gather(*server.tasks, return_exceptions=True)
+    ctunnel.close()
+    stunnel.close()
+
+
 async def _forward_twice(rtt: float):
     """A forward server and client (cleartext, Fast Open on as `tou forward` sets it) over a path
     of ``rtt``; two CONNECTs to a local TCP target. Returns per connection: (time the client's
@@ -514,11 +527,7 @@ async def _forward_twice(rtt: float):
             await asyncio.wait_for(ch.wait_closed(), 5)
         return out, stunnel.ep.stats(), ctunnel.ep.stats()
     finally:
-        srv.close()
-        link.close()
-        await client.close()
-        ctunnel.close()
-        stunnel.close()
+        await _close_forward(srv, link, client, ctunnel, stunnel)
 
 
 def test_forward_request_rides_in_the_syn_on_a_warm_session() -> None:
@@ -531,6 +540,24 @@ def test_forward_request_rides_in_the_syn_on_a_warm_session() -> None:
     # without Fast Open the target is dialled after 1.5 RTT, with it after 0.5 RTT
     assert first[1] >= 1.5 * rtt - 0.01
     assert second[1] < 1.0 * rtt
+
+
+def _recording_echo(loop, arrivals: asyncio.Queue):
+    """An echo server's handler that queues (time of the first byte, every byte) per connection."""
+
+    async def echo(reader, writer):
+        got = bytearray()
+        first = None
+        while data := await reader.read(65536):
+            if first is None:
+                first = loop.time()
+            got += data
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+        arrivals.put_nowait((first, bytes(got)))
+
+    return echo
 
 
 async def _timed_echo(loop, port: int, payload: bytes, arrivals: asyncio.Queue) -> tuple[float, bool, bool]:
@@ -561,19 +588,7 @@ async def _pipelined_local_forward(rtt: float, sizes: list[int]):
     loop = asyncio.get_running_loop()
     arrivals: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
-    async def echo(reader, writer):
-        got = bytearray()
-        first = None
-        while data := await reader.read(65536):
-            if first is None:
-                first = loop.time()
-            got += data
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-        arrivals.put_nowait((first, bytes(got)))
-
-    srv = await asyncio.start_server(echo, "127.0.0.1", 0)
+    srv = await asyncio.start_server(_recording_echo(loop, arrivals), "127.0.0.1", 0)
     tport = srv.sockets[0].getsockname()[1]
     other = socket.socket()
     other.bind(("127.0.0.1", 0))
@@ -602,11 +617,7 @@ async def _pipelined_local_forward(rtt: float, sizes: list[int]):
         return out, refused, lines, stunnel.ep.stats(), oport
     finally:
         other.close()
-        srv.close()
-        link.close()
-        await client.close()
-        ctunnel.close()
-        stunnel.close()
+        await _close_forward(srv, link, client, ctunnel, stunnel)
 
 
 def test_local_forward_pipelines_the_first_bytes_into_the_syn() -> None:
@@ -625,16 +636,6 @@ def test_local_forward_pipelines_the_first_bytes_into_the_syn() -> None:
     assert lines == [f"tou: -L bad: server: 127.0.0.1:{oport} is not permitted (--permit-open)"]
 
 
-async def _close_remote_forward(srv, link, client, server, ctunnel, stunnel) -> None:
-    """Tear down a target server, a forward client and server and their two tunnels."""
-    srv.close()
-    link.close()
-    await client.close()
-    for t in list(server.tasks):
-        t.cancel()
-    await asyncio.gather(*server.tasks, return_exceptions=True)
-    ctunnel.close()
-    stunnel.close()
 
 
 async def _pipelined_remote_forward(rtt: float, sizes: list[int]) -> list[tuple[float, bool, bool]]:
@@ -646,18 +647,7 @@ async def _pipelined_remote_forward(rtt: float, sizes: list[int]) -> list[tuple[
     loop = asyncio.get_running_loop()
     arrivals: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
-    async def echo(reader, writer):
-        got = bytearray()
-        first = None
-        while data := await reader.read(65536):
-            first = first or loop.time()
-            got += data
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-        arrivals.put_nowait((first, bytes(got)))
-
-    srv = await asyncio.start_server(echo, "127.0.0.1", 0)
+    srv = await asyncio.start_server(_recording_echo(loop, arrivals), "127.0.0.1", 0)
     tport = srv.sockets[0].getsockname()[1]
     cfg = engine_config(socket.AF_INET, PlainTransport.overhead, fast_open=True)
     stunnel = Tunnel(_delayed_socket(rtt / 2), PlainTransport(), cfg, pmtu=True)
@@ -675,7 +665,7 @@ async def _pipelined_remote_forward(rtt: float, sizes: list[int]) -> list[tuple[
             await asyncio.sleep(0.05)
         return out
     finally:
-        await _close_remote_forward(srv, link, client, server, ctunnel, stunnel)
+        await _close_forward(srv, link, client, ctunnel, stunnel, server)
 
 
 def test_remote_forward_pipelines_the_first_bytes_into_the_syn() -> None:
@@ -746,7 +736,7 @@ async def _forwarded_before_the_listen_reply(reply_delay: float) -> tuple[bytes,
         assert await asyncio.wait_for(reg, 5) == rport
         return got, lines
     finally:
-        await _close_remote_forward(srv, link, client, server, ctunnel, stunnel)
+        await _close_forward(srv, link, client, ctunnel, stunnel, server)
 
 
 def test_a_forwarded_connection_that_overtakes_the_listen_reply_is_served() -> None:
