@@ -93,6 +93,42 @@ def test_lost_retransmission_is_detected_without_an_rto():
     assert st["rto_count"] == 0 and st["retransmitted_segments"] == 2
 
 
+def test_each_transmission_is_declared_lost_at_its_own_deadline():
+    """§6.2 step 5: a transmission is lost RACK.rtt + reo_wnd after it was sent. The
+    timer runs to the earliest such deadline, so segment 0 (sent 1 ms earlier) is not
+    held until the deadline of the ones sent after it."""
+    t = est()
+    t.send(X * 1000, at=0.1)
+    t.send(X * 3000, at=0.101)
+    assert len(t.pop_segments()) == 4
+    sack(t, 0.112, S, (S + 3000, S + 4000))        # RACK.rtt 11 ms, reo_wnd 2.5 ms
+    t.expect()
+    assert t.conn.rack_deadline == pytest.approx(0.1135)
+    t.advance(to=0.1135)
+    assert seqs(t) == [0]
+    assert t.conn.rack_deadline == pytest.approx(0.1145)
+    t.advance(to=0.1145)
+    assert seqs(t)[0] == 1                          # 2 waits for PRR's room
+    assert t.conn.stats()["rack_losses"] == 3
+
+
+def test_a_retransmission_lost_twice_is_found_again():
+    """Resends are checked in the order they were sent: a second resend of the same
+    range, lost like the first, is found by RACK when later data is SACKed."""
+    t = est()
+    t.send(X * 20000, at=0.1)
+    t.pop_segments()
+    sack(t, 0.12, S, (S + 1000, S + 10000))       # 0 lost, resent with 10..13
+    assert seqs(t) == [0, 10, 11, 12, 13]
+    sack(t, 0.14, S, (S + 1000, S + 14000))       # the resend of 0 lost too
+    assert seqs(t)[0] == 0
+    t.send(b"", at=0.15)
+    sack(t, 0.17, S, (S + 1000, S + 16000))       # and once more
+    assert 0 in seqs(t)
+    st = t.conn.stats()
+    assert st["rto_count"] == 0 and st["rack_losses"] >= 3
+
+
 def test_reo_wnd_grows_with_dsack_rounds():
     """§6.2 step 4: each round with a D-SACK raises the multiplier (once per round)."""
     t = est()

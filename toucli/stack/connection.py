@@ -178,6 +178,14 @@ class Connection:
         self.lost = Ranges()        # octets marked lost and not retransmitted since (RFC 6675 / RFC 8985)
         self.sent = SentLog()       # one record per transmission: send time, retransmitted (RFC 8985 §5.2)
         self._rtx_in_log = 0        # records in ``sent`` flagged RETRANSMITTED
+        # RACK's walk in send order (RFC 8985 §6.2 step 5), kept linear in what changes:
+        # originals are sent in stream order, so below ``_rack_cursor`` none is still
+        # pending (each is acknowledged, SACKed, lost or resent); resends are queued by
+        # send time in ``_rtxq_ts`` / ``_rtxq_start`` from ``_rtxq_head`` on.
+        self._rack_cursor = 0
+        self._rtxq_ts: list[float] = []
+        self._rtxq_start: list[int] = []
+        self._rtxq_head = 0
         self.rack = Rack()
         self.rack_deadline: float | None = None   # RACK reordering timer (RFC 8985 §6.2 step 5)
         self.tlp_deadline: float | None = None    # probe timeout (RFC 8985 §7.2)
@@ -1020,6 +1028,7 @@ class Connection:
             self.prr.stop()
             self.rack.on_recovery_exit()
         self.lost.clear()
+        self._rack_rescan()
         self.lost_point = self.snd_una
         self._rxt_now = False
         self.dupacks = 0
@@ -1096,6 +1105,7 @@ class Connection:
                 self.prr.stop()
                 self.rack.on_recovery_exit()
                 self.lost.clear()
+                self._rack_rescan()
                 self.cc.on_recovery_exit(now)
             elif self.rto_recovery:
                 self.cc.on_ack(acked, now, self.rtt.srtt, self.flight, self._app_limited(acked))
@@ -1280,7 +1290,15 @@ class Connection:
             self._recovery_cwnd = self.prr.on_ack(0, self._pipe(), self.eff_mss)
 
     def _rack_detect(self, now: float) -> None:
-        """RFC 8985 §6.2 step 5 (RACK_detect_loss) and the reordering timer."""
+        """RFC 8985 §6.2 step 5 (RACK_detect_loss) and the reordering timer.
+
+        The RFC walks every unacknowledged transmission; here two walks in send
+        order stop at the first transmission that is still in time, so an ACK costs
+        what it changes, not the size of the window (Linux keeps a send-time list
+        for the same reason). The timer is set for the earliest transmission still
+        in time, so each is declared lost at its own deadline (the RFC waits for
+        the latest one's and then declares them all).
+        """
         rack = self.rack
         self.rack_deadline = None
         if rack.xmit_ts < 0:
@@ -1293,9 +1311,12 @@ class Connection:
         log = self.sent
         starts, ends, tss, flags = log.start, log.end, log.ts, log.flags
         sacked, lost = self.sacked, self.lost
+        una = self.snd_una
+        wait = -1.0
+        # 1. Original transmissions: stream order is send order.
         n = len(ends)
-        i = log.index_after(self.snd_una)
-        timeout = 0.0
+        cur = self._rack_cursor
+        i = log.index_after(cur if cur > una else una)
         while i < n:
             s = starts[i]
             e = ends[i]
@@ -1305,25 +1326,73 @@ class Connection:
                     i = bisect_right(ends, blk[1], i)
                     continue
             if lost.total:
-                blk = lost.range_at(s if s >= self.snd_una else self.snd_una)
+                blk = lost.range_at(s if s >= una else una)
                 if blk is not None and blk[1] >= e:
                     i = bisect_right(ends, blk[1], i)
                     continue
+            if flags[i] & RETRANSMITTED:
+                i += 1              # the resend queue below has it
+                continue
             t = tss[i]
             if t > rx_ts or (t == rx_ts and e > rx_end):
-                if not flags[i] & RETRANSMITTED:
-                    break   # this and every later original transmission was sent after RACK's
-                i += 1
-                continue
-            remaining = t + thresh - now
-            if remaining <= 1e-9:
-                if self._mark_lost(s, e):
-                    self.rack_losses += 1
-            elif remaining > timeout:
-                timeout = remaining
+                break               # sent after RACK's, and so is every later original
+            if t + thresh - now > 1e-9:
+                wait = t + thresh - now
+                break
+            if self._mark_lost(s, e):
+                self.rack_losses += 1
             i += 1
-        if timeout > 0.0:
-            self.rack_deadline = now + timeout
+        self._rack_cursor = starts[i] if i < n else self.snd_max
+        # 2. Retransmissions, in the order they were sent.
+        q_ts, q_start = self._rtxq_ts, self._rtxq_start
+        h = self._rtxq_head
+        m = len(q_ts)
+        while h < m:
+            s = q_start[h]
+            t = q_ts[h]
+            if s < una:
+                h += 1
+                continue
+            j = bisect_right(ends, s, log.head)
+            if j >= n or starts[j] != s or tss[j] != t:
+                h += 1              # acknowledged, or sent again since (a later entry has it)
+                continue
+            e = ends[j]
+            if sacked.total and sacked.covers(s, e):
+                h += 1
+                continue
+            if lost.total:
+                blk = lost.range_at(s)
+                if blk is not None and blk[1] >= e:
+                    h += 1          # marked lost: its next resend comes back in the queue
+                    continue
+            if t > rx_ts or (t == rx_ts and e > rx_end):
+                break
+            if t + thresh - now > 1e-9:
+                if wait < 0.0 or t + thresh - now < wait:
+                    wait = t + thresh - now
+                break
+            if self._mark_lost(s, e):
+                self.rack_losses += 1
+            h += 1
+        if h >= 1024 and h > (m >> 1):
+            del q_ts[:h]
+            del q_start[:h]
+            h = 0
+        self._rtxq_head = h
+        if wait > 0.0:
+            self.rack_deadline = now + wait
+
+    def _rack_rescan(self) -> None:
+        """Loss marks were dropped (recovery ended, or undone): RACK looks at every
+        unacknowledged transmission again."""
+        self._rack_cursor = 0
+        log = self.sent
+        flags, tss, starts = log.flags, log.ts, log.start
+        rtx = sorted((tss[i], starts[i]) for i in range(log.head, len(flags)) if flags[i] & RETRANSMITTED)
+        self._rtxq_ts = [t for t, _ in rtx]
+        self._rtxq_start = [a for _, a in rtx]
+        self._rtxq_head = 0
 
     def _tlp_process_ack(self, ack: int, now: float) -> None:
         """RFC 8985 §7.4.2: did the tail loss probe repair a loss?"""
@@ -1867,6 +1936,7 @@ class Connection:
         starts, flags, tss = log.start, log.flags, log.ts
         dlv, dlv_ts, first_ts = log.dlv, log.dlv_ts, log.first_ts
         app = APP_LIMITED if self._app_limited_until else 0
+        rtxq_ts, rtxq_start = self._rtxq_ts, self._rtxq_start
         i = log.index_after(a)
         n = len(starts)
         while i < n and starts[i] < b:
@@ -1875,6 +1945,8 @@ class Connection:
                 self._rtx_in_log += 1
             flags[i] = (fl & ~APP_LIMITED) | RETRANSMITTED | app
             tss[i] = now
+            rtxq_ts.append(now)
+            rtxq_start.append(starts[i])
             dlv[i] = self.delivered        # a retransmission is a new transmission for the rate
             dlv_ts[i] = self.delivered_ts
             first_ts[i] = self.first_sent_ts
