@@ -745,6 +745,37 @@ def test_a_forwarded_connection_that_overtakes_the_listen_reply_is_served() -> N
     assert not any("refused" in line for line in lines), lines
 
 
+def test_receive_window_keeps_ahead_of_a_doubling_sender() -> None:
+    """Dynamic right-sizing (as Linux's tcp_rcv_space_adjust): per RTT the window is twice
+    what the application read, plus the growth of that amount, so a sender doubling its
+    rate per round trip is not held by the window."""
+    b = Endpoint(ConnectionConfig(timestamps=False), b"b" * 32)
+    b.listen(1)
+    a = Endpoint(ConnectionConfig(timestamps=False, pacing=False), b"a" * 32)
+    ca = a.connect("B", 40000, 1, 0.0)
+    _pump(a, b, 0.0)
+    cb = next(iter(b.connections.values()))
+    assert cb.rcv_space == 256 << 10
+    now, off, mss = 0.0, 0, 1000
+    for amount in (100_000, 200_000):          # what arrives (and is read) in two round trips
+        now += 0.1
+        for _ in range(amount // mss):
+            b.receive("A", _data_from(ca, cb, off, mss), now)
+            off += mss
+            cb.recv()
+            b.segments_to_send(now)
+    b.receive("A", _data_from(ca, cb, off, mss), now + 0.1)    # the next round trip's first arrival measures
+    # 2 x 200 kB + 16 segments, grown in proportion to the growth: about 0.85 MB (the old rule: 0.4 MB)
+    assert cb.rcv_space > 800_000, cb.rcv_space
+
+
+def _data_from(src, dst, off: int, n: int):
+    from toucli.stack.segment import ACK, Segment
+
+    return Segment(src.local_port, src.remote_port, (dst.irs + 1 + off) & 0xFFFFFFFF,
+                   (dst.iss + 1) & 0xFFFFFFFF, ACK, 65535, bytes(n))
+
+
 def test_a_full_send_buffer_is_not_an_application_limit() -> None:
     """The application writes faster than the send buffer drains: with everything in the
     buffer sent, the sender waits on its own buffer, not on the application, so rate

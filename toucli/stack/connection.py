@@ -151,6 +151,7 @@ class Connection:
         self._quickack = QUICKACK_SEGMENTS
         self._tune_start = now
         self._tune_copied = 0
+        self._tune_space = self.rcv_space // 2    # what the application read in the last measured RTT
 
         # --- options ---
         self.mss_peer = TCP_DEFAULT_MSS
@@ -1550,16 +1551,31 @@ class Connection:
         self.timewait_deadline = now + self.config.time_wait
 
     def _autotune(self, now: float) -> None:
-        """Grow the offered window with the application's reading rate (DRS-like)."""
+        """Grow the offered window with the application's reading rate (dynamic right-sizing).
+
+        Per RTT: twice what the application read, so the sender is never held by
+        the window; and while that amount grows (the sender is in slow start or
+        BBR's start-up), in proportion to its growth, so the window keeps ahead
+        of a sender that doubles per round trip (as Linux's tcp_rcv_space_adjust).
+        """
         rtt = self.rtt.srtt or self.rcv_rtt or 0.05
         if now - self._tune_start < max(rtt, 0.001):
             return
         copied = self._tune_copied
         self._tune_copied = 0
         self._tune_start = now
+        last = self._tune_space
+        if copied <= last:
+            return
+        self._tune_space = copied
         cap = self.config.recv_buffer
-        if 2 * copied > self.rcv_space and self.rcv_space < cap:
-            self.rcv_space = min(cap, max(2 * copied, self.rcv_space))
+        if self.rcv_space >= cap:
+            return
+        want = 2 * copied + 16 * self.eff_mss
+        if last > 0:
+            want += 2 * want * (copied - last) // last
+        if want > self.rcv_space:
+            self.rcv_space = min(cap, want)
 
     # ------------------------------------------------------------------ timers
     def _arm_rto(self, now: float) -> None:
