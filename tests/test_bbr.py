@@ -403,6 +403,16 @@ def test_bbr_delivers_every_byte_on_impaired_links(params, sack):
     assert r.ab_ok and r.ba_ok and r.clean_close and not r.decode_drops, r.describe()
 
 
+def test_bbr_initial_window_is_in_segments_of_the_negotiated_mss():
+    """The engine sizes the initial window once the MSS is known; BBR's copy of it
+    (its first pacing rate, its BDP before any estimate) follows, not the 536-byte default's."""
+    t = _est(congestion_control="bbr")
+    cc = t.conn.cc
+    iw = t.conn.config.initial_window_segments * t.conn.eff_mss
+    assert cc.cwnd == cc.initial_cwnd == iw
+    assert cc.bdp() == iw
+
+
 def test_pacing_starts_at_high_gain_times_the_initial_window_per_rtt():
     """BBRInitPacingRate: 2.89 x IW / RTT from the first RTT measured; a first bandwidth
     sample below that (the initial window's burst, measured over a longer interval)

@@ -504,7 +504,7 @@ class Connection:
         mss = min(cfg.send_mss or cfg.mss, self.mss_peer) - (12 if self.ts_ok else 0)
         self.eff_mss = max(mss, 64)
         self.cc.set_mss(self.eff_mss)
-        self.cc.cwnd = cfg.initial_window_segments * self.eff_mss
+        self.cc.set_initial_window(cfg.initial_window_segments * self.eff_mss)
 
     def set_mss(self, mss: int, now: float | None = None) -> int:
         """Change the payload size mid-connection (path MTU discovery, RFC 8899 §5.3).

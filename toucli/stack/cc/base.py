@@ -260,6 +260,10 @@ class CongestionControl:
         if self.cwnd < mss:
             self.cwnd = mss
 
+    def set_initial_window(self, cwnd: int) -> None:
+        """The engine's initial window (RFC 6928 in segments of the negotiated MSS)."""
+        self.cwnd = max(cwnd, self.mss)
+
     # ------------------------------------------------------------------ helpers
 
     def _half_flight(self, in_flight: int) -> int:

@@ -134,6 +134,12 @@ class Bbr(CongestionControl):
         self.target_cwnd = self.cwnd
         self._rng = random.Random(0)
 
+    def set_initial_window(self, cwnd: int) -> None:
+        """The initial window also sizes BBR's first pacing rate and its BDP before any
+        estimate (§4.2.1, §4.2.3.2), so it must be the one in segments of the real MSS."""
+        super().set_initial_window(cwnd)
+        self.initial_cwnd = self.target_cwnd = self.cwnd
+
     def seed(self, value: int) -> None:
         """Seed the choice of the first PROBE_BW phase (the engine passes its ISN)."""
         self._rng.seed(value)
