@@ -201,12 +201,12 @@ def _pingpong(ps: Procs, port: int, n: int) -> dict[str, Any]:
     return res or {"error": "ping-pong failed: " + ps.stderr_tail(p)}
 
 
-def _relay_floor(ps: Procs, target: int, n: int) -> dict[str, Any]:
-    """Ping-pong through two ``relay_floor.py`` processes: the layout's cost without tou's work."""
+def _relay_floor(ps: Procs, target: int, n: int, relay: list[str]) -> dict[str, Any]:
+    """Ping-pong through two relay processes (``relay_floor.py`` or ``relay_floor.c``):
+    the layout's cost without tou's work."""
     su, cu, lport = free_port(kind=2), free_port(kind=2), free_port()
-    relay = str(BENCH / "relay_floor.py")
-    srv = ps.start("relay server", [PY, relay, "server", str(target), str(su), str(cu)], stdout=subprocess.PIPE)
-    cli = ps.start("relay client", [PY, relay, "client", str(lport), str(cu), str(su)], stdout=subprocess.PIPE)
+    srv = ps.start("relay server", [*relay, "server", str(target), str(su), str(cu)], stdout=subprocess.PIPE)
+    cli = ps.start("relay client", [*relay, "client", str(lport), str(cu), str(su)], stdout=subprocess.PIPE)
     for p in (srv, cli):
         if p.popen.stdout.readline().strip() != b"ready":
             return {"error": "relay did not start: " + ps.stderr_tail(p)}
@@ -224,8 +224,19 @@ def latency_suite(n: int = 1000, log: Callable[[str], None] = print) -> dict[str
         read_json_line(echo, 10)
         out["direct TCP"] = _pingpong(ps, eport, n)
         log(f"  64-byte RTT direct TCP: {out['direct TCP']}")
-        out["floor: two bare Python relays"] = _relay_floor(ps, eport, n)
+        out["floor: two bare Python relays"] = _relay_floor(ps, eport, n, [PY, str(BENCH / "relay_floor.py")])
         log(f"  64-byte RTT bare relays: {out['floor: two bare Python relays']}")
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler:
+            exe = Path(tempfile.mkdtemp(prefix="tou-relay-")) / "relay_floor"
+            built = subprocess.run([compiler, "-O2", "-o", str(exe), str(BENCH / "relay_floor.c")],
+                                   capture_output=True, text=True, timeout=60)
+            out["floor: two C relays"] = (_relay_floor(ps, eport, n, [str(exe)]) if built.returncode == 0
+                                          else {"error": "relay_floor.c did not build: " + built.stderr[-300:]})
+            shutil.rmtree(exe.parent, ignore_errors=True)
+        else:
+            out["floor: two C relays"] = {"error": "no C compiler"}
+        log(f"  64-byte RTT C relays: {out['floor: two C relays']}")
         for mode in ("default", "tuned"):
             try:
                 kport, lport = free_port(kind=2), free_port()

@@ -198,6 +198,7 @@ def section(data: dict) -> str:
         T.append(f"| 4 | 1000 connections within 300 MB RSS | {t4_val} | {met(t4_ok)} | {t4_lim} |")
     direct = lat.get("direct TCP", {}).get("median_us")
     floor = lat.get("floor: two bare Python relays", {}).get("median_us")
+    cfloor = lat.get("floor: two C relays", {}).get("median_us")
     lim5 = "—"
     if tou_rtt and direct:
         lim5 = (f"direct TCP {f1(direct, ' µs')}: the two tou processes add {tou_rtt - direct:.0f} µs per round "
@@ -211,6 +212,9 @@ def section(data: dict) -> str:
             lim5 += (f"; two bare Python TCP↔UDP relays in the same layout (no engine, no crypto, "
                      f"`bench/relay_floor.py`) take {f1(floor, ' µs')}, so the target {room}: out of reach "
                      "for CPython without a compiled data path")
+        if cfloor:
+            lim5 += (f"; the same two relays compiled (`bench/relay_floor.c`) take {f1(cfloor, ' µs')}, "
+                     f"leaving {max(150 - cfloor, 0):.0f} µs for the TCP engine and AEAD in four passes")
     if "latency" in ran:
         T.append(f"| 5 | 64-byte round trip on loopback: median ≤ 150 µs | {f1(tou_rtt, ' µs')} | {met(t5_ok)} | {lim5} |")
     if T:
