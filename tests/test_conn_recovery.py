@@ -140,6 +140,19 @@ def test_fast_retransmit_on_third_duplicate_ack_small_flight():
     assert t.conn.stats()["ssthresh"] == 2000       # max(FlightSize/2, 2*SMSS)
 
 
+def test_without_sack_no_resend_queue_is_kept():
+    """RACK needs SACK; without it the engine keeps no queue of resends by send time
+    (nothing would ever read it, and it would only grow)."""
+    t = est(sack=False)
+    t.send(X * 4000, at=0.1)
+    t.pop_segments()
+    for k in (1, 2, 3):
+        dupack(t, 0.11 + k / 1000)
+    assert len(t.pop_segments()) == 1
+    assert t.conn.stats()["retransmitted_segments"] == 1
+    assert not t.conn._rtxq_ts
+
+
 def test_fast_retransmit_on_third_duplicate_ack_full_window():
     t = est(sack=False)
     t.send(X * 10000, at=0.1)

@@ -1953,6 +1953,7 @@ class Connection:
         dlv, dlv_ts, first_ts = log.dlv, log.dlv_ts, log.first_ts
         app = APP_LIMITED if self._app_limited_until else 0
         rtxq_ts, rtxq_start = self._rtxq_ts, self._rtxq_start
+        rack_on = self.sack_ok and self.config.rack     # else nothing reads the queue
         i = log.index_after(a)
         n = len(starts)
         while i < n and starts[i] < b:
@@ -1961,8 +1962,9 @@ class Connection:
                 self._rtx_in_log += 1
             flags[i] = (fl & ~APP_LIMITED) | RETRANSMITTED | app
             tss[i] = now
-            rtxq_ts.append(now)
-            rtxq_start.append(starts[i])
+            if rack_on:
+                rtxq_ts.append(now)
+                rtxq_start.append(starts[i])
             dlv[i] = self.delivered        # a retransmission is a new transmission for the rate
             dlv_ts[i] = self.delivered_ts
             first_ts[i] = self.first_sent_ts
