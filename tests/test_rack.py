@@ -129,6 +129,36 @@ def test_a_retransmission_lost_twice_is_found_again():
     assert st["rto_count"] == 0 and st["rack_losses"] >= 3
 
 
+def test_a_partly_acknowledged_resend_still_counts_as_lost():
+    """A resend whose first half the peer acknowledges (it trimmed at its window edge)
+    and whose rest is overtaken by later data is found lost like any other."""
+    t = est()
+    t.send(X * 20000, at=0.1)
+    t.pop_segments()
+    sack(t, 0.12, S, (S + 1000, S + 10000))       # 0 lost, resent with 10..13
+    assert seqs(t) == [0, 10, 11, 12, 13]
+    sack(t, 0.14, S + 500, (S + 1000, S + 14000))
+    sent = t.pop_segments()
+    assert (sent[0].seq - S, len(sent[0].payload)) == (500, 500)
+    assert t.conn.stats()["rack_losses"] == 2
+
+
+def test_probe_resends_repaired_outside_recovery_leave_nothing_queued():
+    """Tail-loss-probe resends answered by an ACK of everything: nothing is pending,
+    so nothing stays queued for RACK, however often it happens."""
+    t = est()
+    now = 0.1
+    for k in range(30):
+        t.send(X * 2000, at=now)
+        t.pop_segments()
+        t.step()                                    # the probe resends the last segment
+        assert len(t.pop_segments()) == 1
+        t.recv(t.inp(R, t.conn.snd_max + S - 1, ACK, W), at=t.now + 0.001)
+        now = t.now + 0.05
+    assert t.conn.stats()["tlp_probes"] == 30
+    assert len(t.conn._rtxq_ts) == 0
+
+
 def test_reo_wnd_grows_with_dsack_rounds():
     """§6.2 step 4: each round with a D-SACK raises the multiplier (once per round)."""
     t = est()

@@ -1126,6 +1126,12 @@ class Connection:
             self.tlp_deadline = None
             self.rack_deadline = None
             self.rtt.reset_backoff()
+            if self._rtxq_ts:
+                # Everything is acknowledged: no resend is pending (a probe's resend
+                # repaired outside recovery would otherwise stay queued for good).
+                self._rtxq_ts.clear()
+                self._rtxq_start.clear()
+                self._rtxq_head = 0
 
     def _records_delivered(self, lo: int, hi: int, seg: Segment, now: float) -> None:
         """RFC 8985 §6.2 steps 2-3 for the records ``[lo, hi)`` just cumulatively acknowledged."""
@@ -1351,14 +1357,13 @@ class Connection:
         while h < m:
             s = q_start[h]
             t = q_ts[h]
-            if s < una:
-                h += 1
-                continue
             j = bisect_right(ends, s, log.head)
             if j >= n or starts[j] != s or tss[j] != t:
                 h += 1              # acknowledged, or sent again since (a later entry has it)
                 continue
             e = ends[j]
+            if s < una:
+                s = una             # partly acknowledged: the rest is still out
             if sacked.total and sacked.covers(s, e):
                 h += 1
                 continue
@@ -1388,6 +1393,8 @@ class Connection:
         """Loss marks were dropped (recovery ended, or undone): RACK looks at every
         unacknowledged transmission again."""
         self._rack_cursor = 0
+        if not (self.sack_ok and self.config.rack):
+            return
         log = self.sent
         flags, tss, starts = log.flags, log.ts, log.start
         rtx = sorted((tss[i], starts[i]) for i in range(log.head, len(flags)) if flags[i] & RETRANSMITTED)
