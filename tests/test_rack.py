@@ -159,6 +159,23 @@ def test_probe_resends_repaired_outside_recovery_leave_nothing_queued():
     assert len(t.conn._rtxq_ts) == 0
 
 
+def test_resends_at_the_same_time_are_queued_in_stream_order():
+    """RACK orders transmissions sent at the same time by sequence (RACK_sent_after), and
+    its walk over resends stops at the first one sent after RACK's; so resends made at
+    one instant by separate calls (segment 5, then segment 2) are queued 2 first, or a
+    delivered resend of 3 would leave the resend of 2 unexamined behind that of 5."""
+    t = est()
+    t.send(X * 10000, at=0.1)
+    t.pop_segments()
+    sack(t, 0.12, S, (S + 6000, S + 10000))       # 0..5 lost: recovery, resends start
+    t.pop_segments()
+    out: list = []
+    t.conn._retransmit(out, 5001, 6001, 0.13)
+    t.conn._retransmit(out, 2001, 3001, 0.13)
+    q = list(zip(t.conn._rtxq_ts, t.conn._rtxq_start))[t.conn._rtxq_head:]
+    assert q == sorted(q) and (0.13, 2001) in q and (0.13, 5001) in q
+
+
 def test_reo_wnd_grows_with_dsack_rounds():
     """§6.2 step 4: each round with a D-SACK raises the multiplier (once per round)."""
     t = est()

@@ -1970,8 +1970,13 @@ class Connection:
             flags[i] = (fl & ~APP_LIMITED) | RETRANSMITTED | app
             tss[i] = now
             if rack_on:
-                rtxq_ts.append(now)
-                rtxq_start.append(starts[i])
+                # Kept in RACK's order (RFC 8985 §6.2 RACK_sent_after): by send time, and
+                # by stream offset among resends sent at the same time by separate calls.
+                k = len(rtxq_ts)
+                while k > self._rtxq_head and rtxq_ts[k - 1] == now and rtxq_start[k - 1] > starts[i]:
+                    k -= 1
+                rtxq_ts.insert(k, now)
+                rtxq_start.insert(k, starts[i])
             dlv[i] = self.delivered        # a retransmission is a new transmission for the rate
             dlv_ts[i] = self.delivered_ts
             first_ts[i] = self.first_sent_ts
