@@ -176,6 +176,24 @@ def test_resends_at_the_same_time_are_queued_in_stream_order():
     assert q == sorted(q) and (0.13, 2001) in q and (0.13, 5001) in q
 
 
+@pytest.mark.parametrize("restart", [False, True])
+def test_resending_the_head_restarts_the_retransmission_timer_where_configured(restart):
+    """``rto_restart_on_head_resend`` (Linux's tcp_xmit_retransmit_queue): a resent head
+    gets a whole RTO to be answered. Without it (RFC 6298 §5.3) the timer keeps running
+    from the last cumulative ACK and expires while the resend is on its way."""
+    t = est(rto_restart_on_head_resend=restart)
+    t.send(X * 6000, at=0.1)
+    t.pop_output()
+    rto = t.conn.rtt.rto
+    sack(t, 0.111, S, (S + 1000, S + 2000), (S + 3000, S + 6000))   # 0 and 2 lost
+    assert seqs(t) == [0, 2]
+    t.advance(to=0.1 + rto + 0.005)             # past the deadline counted from the last ACK
+    if restart:
+        assert t.conn.rto_count == 0 and t.conn.rto_deadline == pytest.approx(0.111 + rto)
+    else:
+        assert t.conn.rto_count == 1 and t.conn.rto_recovery
+
+
 def test_reo_wnd_grows_with_dsack_rounds():
     """§6.2 step 4: each round with a D-SACK raises the multiplier (once per round)."""
     t = est()

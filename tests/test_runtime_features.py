@@ -39,6 +39,9 @@ def test_engine_config_congestion_control_and_mtu() -> None:
     assert engine_config(socket.AF_INET, 4).fast_open is False
     assert engine_config(socket.AF_INET, 4, fast_open=True).fast_open is True
     assert ConnectionConfig().congestion_control == "cubic"     # the engine's own default is unchanged
+    bbr, cubic = engine_config(socket.AF_INET, 4), engine_config(socket.AF_INET, 4, cc="cubic")
+    assert (bbr.rto_min_var, bbr.rto_restart_on_head_resend) == (0.2, True)       # Linux's RTO rules
+    assert (cubic.rto_min_var, cubic.rto_restart_on_head_resend) == (0.0, False)
 
 
 @pytest.fixture

@@ -120,11 +120,14 @@ def engine_config(family: int, transport_overhead: int, *, keepalive: float = DE
     cfg = ConnectionConfig(mss=mss_for(family, transport_overhead, mtu or PATH_MTU),
                            congestion_control=name, fast_open=fast_open)
     if name == "bbr":
-        # Linux's RTO floor on the variance term: BBR keeps a window of BDPs in flight,
-        # and an RTO 200 ms after the last cumulative ACK fired before a recovery's head
-        # retransmission could be answered (bench/RESULTS.md, 2026-11-27). With CUBIC at
-        # 5-10 % loss it cost goodput in the simulator, so it stays off there.
+        # Linux's RTO rules: the variance term at least 200 ms, and a resent head restarts
+        # the timer. BBR keeps BDPs in flight, so a recovery's resends queue behind them,
+        # and an RTO counted from the last cumulative ACK fired before they could be
+        # answered and restarted BBR's start-up (RTO cycles at 300 ms / 2 %, removed in
+        # the simulator: bench/RESULTS.md, 2026-11-27). With CUBIC at 5-10 % loss both
+        # cost goodput in the simulator, so they stay off there.
         cfg.rto_min_var = 0.2
+        cfg.rto_restart_on_head_resend = True
     if keepalive > 0:
         cfg.keepalive_idle = keepalive / 2
         cfg.keepalive_interval = keepalive / 6

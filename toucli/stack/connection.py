@@ -1950,6 +1950,11 @@ class Connection:
             self._timed = None   # Karn: never time a retransmitted range
         if self._retrans_stamp is None:
             self._retrans_stamp = now
+        if a == self.snd_una and self.config.rto_restart_on_head_resend:
+            # Linux (tcp_xmit_retransmit_queue): a resent head gets a whole RTO to be
+            # answered. Counted from the last cumulative ACK (RFC 6298 §5.3), it can
+            # expire while the resend is still on its way.
+            self.rto_deadline = now + self.rtt.rto
         if self._undo_marker is not None and a >= self._undo_marker:
             self._undo_retrans += 1
             self._undo_rtx_total += 1
