@@ -292,6 +292,11 @@ class Connection:
         return ((ts - self._ts_offset) & MASK) / 1000.0
 
     @property
+    def _rack_on(self) -> bool:
+        """RACK detects losses (RFC 8985 needs SACK); else DupThresh and NewReno do."""
+        return self.sack_ok and self.config.rack
+
+    @property
     def flight(self) -> int:
         return self.snd_max - self.snd_una
 
@@ -1253,7 +1258,7 @@ class Connection:
         With SACK and ``rack``: RACK (RFC 8985 §6.2). Otherwise RFC 6675 §5 IsLost
         (DupThresh segments SACKed above) or DupThresh duplicate ACKs (RFC 6582 §3.2).
         """
-        if self.sack_ok and self.config.rack:
+        if self._rack_on:
             self._rack_detect(now)
             if not self.in_recovery and self.lost.total:
                 self._enter_recovery(now)
@@ -1343,8 +1348,9 @@ class Connection:
             t = tss[i]
             if t > rx_ts or (t == rx_ts and e > rx_end):
                 break               # sent after RACK's, and so is every later original
-            if t + thresh - now > 1e-9:
-                wait = t + thresh - now
+            left = t + thresh - now
+            if left > 1e-9:
+                wait = left
                 break
             if self._mark_lost(s, e):
                 self.rack_losses += 1
@@ -1374,9 +1380,10 @@ class Connection:
                     continue
             if t > rx_ts or (t == rx_ts and e > rx_end):
                 break
-            if t + thresh - now > 1e-9:
-                if wait < 0.0 or t + thresh - now < wait:
-                    wait = t + thresh - now
+            left = t + thresh - now
+            if left > 1e-9:
+                if wait < 0.0 or left < wait:
+                    wait = left
                 break
             if self._mark_lost(s, e):
                 self.rack_losses += 1
@@ -1393,7 +1400,7 @@ class Connection:
         """Loss marks were dropped (recovery ended, or undone): RACK looks at every
         unacknowledged transmission again."""
         self._rack_cursor = 0
-        if not (self.sack_ok and self.config.rack):
+        if not self._rack_on:
             return
         log = self.sent
         flags, tss, starts = log.flags, log.ts, log.start
@@ -1965,7 +1972,7 @@ class Connection:
         dlv, dlv_ts, first_ts = log.dlv, log.dlv_ts, log.first_ts
         app = APP_LIMITED if self._app_limited_until else 0
         rtxq_ts, rtxq_start = self._rtxq_ts, self._rtxq_start
-        rack_on = self.sack_ok and self.config.rack     # else nothing reads the queue
+        rack_on = self._rack_on     # else nothing reads the queue
         i = log.index_after(a)
         n = len(starts)
         while i < n and starts[i] < b:
