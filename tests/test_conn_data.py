@@ -7,6 +7,7 @@ After ``establish()``: SND.NXT = 1001, RCV.NXT = 5001, offered window 64000.
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
@@ -215,6 +216,23 @@ def test_out_of_order_queue_bound():
     t.recv(t.inp(R, S, ACK, 30000, b"a" * 1000), at=0.13)
     t.expect(t.out(S, R + 1500, ACK, W - 1500, sack=((R + 3000, R + 3500),)))
     assert t.read() == b"a" * 1000 + b"b" * 500
+
+
+def test_out_of_order_queue_holds_a_full_window_of_small_pieces():
+    """The default bound scales with the buffer: an 8 MiB window of 500-byte pieces
+    (more than 4096 of them, one hole each) is all kept, then delivered intact."""
+    t = est(recv_buffer=8 << 20, initial_recv_window=8 << 20)
+    n = 5000
+    data = bytes(random.Random(7).randbytes(2 * 500 * n))
+    for i in range(n):                      # every second 500-byte piece, holes between
+        off = 1000 * i + 500
+        t.recv(t.inp(R + off, S, ACK, 30000, data[off:off + 500]), at=0.1)
+    assert t.conn.ooo.total == 500 * n
+    for i in range(n):                      # the holes, in order
+        off = 1000 * i
+        t.recv(t.inp(R + off, S, ACK, 30000, data[off:off + 500]), at=0.2)
+    got = t.read()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
 
 
 # ---------------------------------------------------------------- sending

@@ -38,6 +38,6 @@ class ConnectionConfig:
     keepalive_interval: float = 5.0
     keepalive_probes: int = 4
     challenge_ack_limit: int = 10      # per second (RFC 5961 §7)
-    ooo_segments: int = 4096           # cap on out-of-order ranges kept (memory bound)
+    ooo_segments: int | None = None    # cap on out-of-order pieces kept (memory bound); None: recv_buffer / 512, at least 4096
     persist_min: float = 0.2
     persist_max: float = 60.0

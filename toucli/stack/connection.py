@@ -17,7 +17,7 @@ helpers of :mod:`toucli.stack.seq`; everything inside compares plain integers.
 from __future__ import annotations
 
 import enum
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections import deque
 from typing import Hashable
 
@@ -141,6 +141,9 @@ class Connection:
         self.rcv_buf = bytearray()  # in-order data the application has not read
         self.rcv_space = min(cfg.initial_recv_window, cfg.recv_buffer)  # auto-tuned window target
         self._ooo_starts: list[int] = []   # out-of-order segments, sorted, non-overlapping
+        # Pieces kept out of order: the window bounds their bytes, this their count (tiny
+        # segments); by default room for a full window of 512-byte pieces.
+        self._ooo_cap = cfg.ooo_segments or max(4096, cfg.recv_buffer // 512)
         self._ooo_data: dict[int, bytes] = {}
         self.ooo = RangeSet()
         self._sack_recent: list[tuple[int, int]] = []  # most recent first (RFC 2018 §4)
@@ -1496,7 +1499,7 @@ class Connection:
             self.dup_segs_in += 1
             self._note_dsack(seq, end, now)
             return False
-        if len(self._ooo_starts) >= self.config.ooo_segments:
+        if len(self._ooo_starts) >= self._ooo_cap:
             self._ack_now = True
             return False  # memory bound: the sender will retransmit it
         # Store only the parts not yet held, so stored pieces never overlap.
@@ -1507,7 +1510,6 @@ class Connection:
                 break
             a, b = gap
             piece = payload[a - seq: b - seq]
-            from bisect import insort
             insort(self._ooo_starts, a)
             self._ooo_data[a] = piece
             pos = b
