@@ -50,6 +50,7 @@ PROBE_RTT = "PROBE_RTT"
 HIGH_GAIN = 2.0 / math.log(2.0)            # §4.3.2.1: 2/ln 2 ~ 2.885
 DRAIN_GAIN = 1.0 / HIGH_GAIN               # §4.3.3
 CWND_GAIN = 2.0                            # §4.3.4
+STARTUP_CWND_GAIN = 2.0                    # BBRv3 (draft-cardwell-iccrg-bbr-congestion-control-02 §5.3.1.1)
 PACING_GAIN_CYCLE = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)   # §4.3.4.3
 BTLBW_FILTER_LEN = 10                      # rounds (§4.1.1)
 RTPROP_FILTER_LEN = 10.0                   # seconds (§4.1.2)
@@ -120,7 +121,7 @@ class Bbr(CongestionControl):
         self.full_bw = 0.0
         self.full_bw_count = 0
         self.pacing_gain = HIGH_GAIN
-        self.cwnd_gain = HIGH_GAIN
+        self.cwnd_gain = STARTUP_CWND_GAIN
         self.pacing_rate = 0.0
         self.cycle_index = 0
         self.cycle_stamp = now
@@ -298,7 +299,8 @@ class Bbr(CongestionControl):
             self._enter_probe_bw(now)
         else:
             self.mode = STARTUP
-            self.pacing_gain = self.cwnd_gain = HIGH_GAIN
+            self.pacing_gain = HIGH_GAIN
+            self.cwnd_gain = STARTUP_CWND_GAIN
 
     @property
     def min_pipe_cwnd(self) -> int:
