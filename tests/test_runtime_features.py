@@ -772,6 +772,31 @@ def test_receive_window_keeps_ahead_of_a_doubling_sender() -> None:
     assert cb.rcv_space > 800_000, cb.rcv_space
 
 
+def test_receive_window_grows_from_the_first_round_trips() -> None:
+    """The measure starts from one initial window (Linux's rcvq_space), so a sender's
+    first doublings already grow the window: at 100 ms, 30 then 60 kB per round trip
+    (2.4 and 4.8 Mbit/s) take it past its 256 KiB start. Measured from half the start
+    instead, it stayed there until the sender reached 10 Mbit/s, and BBR's start-up,
+    held by the window for a few rounds, took that for a full pipe."""
+    b = Endpoint(ConnectionConfig(timestamps=False), b"b" * 32)
+    b.listen(1)
+    a = Endpoint(ConnectionConfig(timestamps=False, pacing=False), b"a" * 32)
+    ca = a.connect("B", 40000, 1, 0.0)
+    _pump(a, b, 0.0)
+    cb = next(iter(b.connections.values()))
+    assert cb.rcv_space == 256 << 10
+    now, off, mss = 0.0, 0, 1000
+    for amount in (30_000, 60_000):
+        now += 0.1
+        for _ in range(amount // mss):
+            b.receive("A", _data_from(ca, cb, off, mss), now)
+            off += mss
+            cb.recv()
+            b.segments_to_send(now)
+    b.receive("A", _data_from(ca, cb, off, mss), now + 0.1)
+    assert cb.rcv_space > 300_000, cb.rcv_space
+
+
 def _data_from(src, dst, off: int, n: int):
     from toucli.stack.segment import ACK, Segment
 

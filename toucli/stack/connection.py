@@ -154,7 +154,10 @@ class Connection:
         self._quickack = QUICKACK_SEGMENTS
         self._tune_start = now
         self._tune_copied = 0
-        self._tune_space = self.rcv_space // 2    # what the application read in the last measured RTT
+        # What the application read in the last measured RTT; it starts from one initial
+        # window, so the offered window grows from the sender's first round trips on
+        # (Linux's rcvq_space, TCP_INIT_CWND segments).
+        self._tune_space = cfg.initial_window_segments * cfg.mss
 
         # --- options ---
         self.mss_peer = TCP_DEFAULT_MSS
