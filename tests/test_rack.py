@@ -194,6 +194,44 @@ def test_resending_the_head_restarts_the_retransmission_timer_where_configured(r
         assert t.conn.rto_count == 1 and t.conn.rto_recovery
 
 
+def test_an_rto_that_grew_moves_the_running_timer_out():
+    """With ``rto_restart_on_head_resend`` the timer runs the RTO in force when it
+    expires (Linux's tcp_rearm_rto), from the later of the last cumulative ACK and the
+    head's last send: an RTO that grew since the timer was set (RTT samples from a
+    queue filling up) postpones the expiry instead of resending everything."""
+    t = est(rto_restart_on_head_resend=True, rtt_sack_samples=True, rack=False, tlp=False)
+    t.send(X * 6000, at=0.1)
+    t.pop_output()
+    armed = t.conn.rto_deadline
+    assert armed == pytest.approx(0.1 + t.conn.rtt.rto)
+    # Two SACK-only ACKs (no loss yet) carry samples of 180 ms: the RTO grows, the timer stays.
+    sack(t, 0.28, S, (S + 1000, S + 2000))
+    sack(t, 0.281, S, (S + 1000, S + 3000))
+    assert t.pop_output() == [] and t.conn.rto_deadline == armed
+    grown = t.conn.rtt.rto
+    assert grown > armed - 0.1
+    t.advance(to=armed + 0.001)
+    assert t.conn.rto_count == 0 and not t.conn.rto_recovery and t.pop_output() == []
+    assert t.conn.rto_deadline == pytest.approx(0.1 + grown)
+
+
+@pytest.mark.parametrize("linux", [False, True])
+def test_sack_only_acks_give_rtt_samples_where_configured(linux):
+    """``rtt_sack_samples`` (Linux's tcp_ack_update_rtt): an ACK that only SACKs gives an
+    RTT sample from the oldest newly SACKed original, at full gain. Without it, RTT
+    comes only with cumulative ACKs (RFC 6298, RFC 7323 §4)."""
+    t = est(rtt_sack_samples=linux)
+    t.send(X * 4000, at=0.1)
+    t.pop_output()
+    srtt = t.conn.rtt.srtt
+    sack(t, 0.3, S, (S + 1000, S + 2000))        # a 200 ms sample for segment 1
+    if linux:
+        assert t.conn.rtt.latest == pytest.approx(0.2)
+        assert t.conn.rtt.srtt == pytest.approx(srtt + (0.2 - srtt) / 8)
+    else:
+        assert t.conn.rtt.srtt == srtt
+
+
 def test_reo_wnd_grows_with_dsack_rounds():
     """§6.2 step 4: each round with a D-SACK raises the multiplier (once per round)."""
     t = est()

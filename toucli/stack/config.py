@@ -30,6 +30,7 @@ class ConnectionConfig:
     rto_min: float = 0.2               # Linux's floor; RFC 6298 allows below 1 s
     rto_min_var: float = 0.0           # least variance term (Linux: 0.2, so RTO >= SRTT + 0.2 s)
     rto_restart_on_head_resend: bool = False   # Linux: resending SND.UNA restarts the RTO
+    rtt_sack_samples: bool = False     # Linux: RTT samples from SACKs too, each at full gain (no RFC 7323 App. G)
     rto_max: float = 60.0              # RFC 6298 §2.5
     user_timeout: float = 60.0         # give up when data stays unacknowledged this long (RFC 9293 §3.8.3)
     syn_retries: int = 6

@@ -947,7 +947,11 @@ class Connection:
                    (plen == 0 and not seg.flags & FIN and self.snd_wnd_edge == old_edge))):
             self.dupacks += 1
         if new_ranges:
-            self._sack_delivered(new_ranges, seg, now)
+            sack_ts = self._sack_delivered(new_ranges, seg, now)
+            if acked <= 0 and sack_ts is not None and self.config.rtt_sack_samples:
+                # Linux's tcp_ack_update_rtt: with no cumulative sample, the oldest newly
+                # SACKed original transmission gives one.
+                self._rtt_sample(now - sack_ts, True, now)
         if self.snd_max > self.snd_una:
             self._loss_detection(now)
             if self.prr.active:
@@ -1090,9 +1094,7 @@ class Connection:
             if sample < 0 or sample > 120.0:
                 sample = None
         if sample is not None:
-            # RFC 7323 App. G: many samples per window move SRTT/RTTVAR proportionally less.
-            per_window = max(1, -(-self.flight // (2 * self.eff_mss))) if sample_from_ts else 1
-            self.rtt.on_sample(max(sample, 0.0), now, per_window)
+            self._rtt_sample(sample, sample_from_ts, now)
             if self.cc.in_slow_start and not self.in_recovery:
                 self.cc.on_rtt_sample(sample, now, ack, self.snd_max)
         # Eifel (RFC 3522 §3.2): an ACK that echoes a timestamp older than the first
@@ -1183,8 +1185,9 @@ class Connection:
             if f is not None:
                 self.first_sent_ts = f
 
-    def _sack_delivered(self, ranges: list[tuple[int, int]], seg: Segment, now: float) -> None:
-        """RFC 8985 §6.2 steps 2-3 for newly SACKed ranges (ascending)."""
+    def _sack_delivered(self, ranges: list[tuple[int, int]], seg: Segment, now: float) -> float | None:
+        """RFC 8985 §6.2 steps 2-3 for newly SACKed ranges (ascending); returns the
+        earliest send time among the never-retransmitted ones (an RTT sample)."""
         log = self.sent
         rack = self.rack
         starts, ends, tss, flags = log.start, log.end, log.ts, log.flags
@@ -1193,12 +1196,15 @@ class Connection:
         tsecr_time = self._ts_to_time(seg.tsecr) if self.ts_ok and seg.tsecr else None
         min_rtt = self.rtt.min_rtt
         n = len(ends)
+        oldest: float | None = None
         for a, b in ranges:
             self.delivered += b - a
             i = log.index_after(a)
             while i < n and starts[i] < b:
                 fl = flags[i]
                 rtx = bool(fl & RETRANSMITTED)
+                if not rtx and (oldest is None or tss[i] < oldest):
+                    oldest = tss[i]
                 rack.update(tss[i], ends[i], rtx, now, tsecr_time, min_rtt)
                 rack.delivered(ends[i], rtx)
                 f = rs.take(tss[i], ends[i], dlv[i], dlv_ts[i], first_ts[i], bool(fl & APP_LIMITED), rtx, now)
@@ -1206,6 +1212,7 @@ class Connection:
                     self.first_sent_ts = f
                 i += 1
         self.delivered_ts = now
+        return oldest
 
     def _rate_finish(self, now: float, delivered_before: int, lost_before: int) -> None:
         """draft-cheng-iccrg-delivery-rate-estimation §3.3 GenerateRateSample, then the
@@ -1306,6 +1313,21 @@ class Connection:
         if self.config.prr and not getattr(self.cc, "manages_recovery", False):
             self.prr.start(flight, self.cc.ssthresh)
             self._recovery_cwnd = self.prr.on_ack(0, self._pipe(), self.eff_mss)
+
+    def _rtt_sample(self, sample: float, per_ack: bool, now: float) -> None:
+        """Feed one RTT sample to the estimator (RFC 6298 §2).
+
+        RFC 7323 App. G: when samples come with every ACK (``per_ack``: echoed
+        timestamps), each moves SRTT and RTTVAR by 1 / ExpectedSamples (the flight
+        over two segments) of the usual gain. With ``config.rtt_sack_samples`` every
+        sample has the full gain, as in Linux: in recovery, cumulative ACKs are few
+        per window, and the damped SRTT stayed at the empty-queue RTT while a full
+        queue doubled it, so the RTO fired under resends about to be answered.
+        """
+        per_window = 1
+        if per_ack and not self.config.rtt_sack_samples:
+            per_window = max(1, -(-self.flight // (2 * self.eff_mss)))
+        self.rtt.on_sample(max(sample, 0.0), now, per_window)
 
     def _rack_detect(self, now: float) -> None:
         """RFC 8985 §6.2 step 5 (RACK_detect_loss) and the reordering timer.
@@ -1650,8 +1672,19 @@ class Connection:
     def _on_rto(self, now: float) -> None:
         """Retransmission timeout (RFC 6298 §5.4-5.7)."""
         cfg = self.config
-        self.rto_count += 1
         st = self.state
+        if cfg.rto_restart_on_head_resend and st in _SYNCHRONIZED and self.snd_max > self.snd_una:
+            # Linux (tcp_rearm_rto): the timer runs the RTO in force now from the later
+            # of the last cumulative ACK and the head's last send. An RTO that grew
+            # since the timer was set (a queue filling up) moves the expiry out.
+            log = self.sent
+            start = self._last_progress
+            if log.head < len(log.ts) and log.ts[log.head] > start:
+                start = log.ts[log.head]
+            if now < start + self.rtt.rto:
+                self.rto_deadline = start + self.rtt.rto
+                return
+        self.rto_count += 1
         if st in (State.SYN_SENT, State.SYN_RECEIVED):
             if self._syn_tries > cfg.syn_retries:
                 self._emit(Error(self, "connection timed out (no answer to SYN)"))
