@@ -40,8 +40,10 @@ def test_engine_config_congestion_control_and_mtu() -> None:
     assert engine_config(socket.AF_INET, 4, fast_open=True).fast_open is True
     assert ConnectionConfig().congestion_control == "cubic"     # the engine's own default is unchanged
     bbr, cubic = engine_config(socket.AF_INET, 4), engine_config(socket.AF_INET, 4, cc="cubic")
-    assert (bbr.rto_min_var, bbr.rto_restart_on_head_resend) == (0.2, True)       # Linux's RTO rules
-    assert (cubic.rto_min_var, cubic.rto_restart_on_head_resend) == (0.0, False)
+    # Linux's RTO and RTT rules, and a send buffer for long paths, with BBR only
+    assert (bbr.rto_min_var, bbr.rto_restart_on_head_resend, bbr.rtt_sack_samples) == (0.2, True, True)
+    assert (cubic.rto_min_var, cubic.rto_restart_on_head_resend, cubic.rtt_sack_samples) == (0.0, False, False)
+    assert (bbr.send_buffer, cubic.send_buffer, bbr.recv_buffer, cubic.recv_buffer) == (16 << 20, 4 << 20, 16 << 20, 16 << 20)
 
 
 @pytest.fixture

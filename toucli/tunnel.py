@@ -100,6 +100,9 @@ def cc_names() -> list[str]:
     return cc.names()
 
 
+BBR_SEND_BUFFER = 16 << 20
+
+
 def engine_config(family: int, transport_overhead: int, *, keepalive: float = DEFAULT_KEEPALIVE,
                   buffer: int | None = None, cc: str | None = None, mtu: int | None = None,
                   fast_open: bool = False) -> ConnectionConfig:
@@ -131,6 +134,11 @@ def engine_config(family: int, transport_overhead: int, *, keepalive: float = DE
         # Linux's RTT sampling too: with SACK-only ACKs in recovery the damped SRTT kept
         # the empty-queue RTT while the queue doubled it (300 ms / 2 %, simulator).
         cfg.rtt_sack_samples = True
+        # BBR bounds what it has in flight by its model (twice the measured BDP), so
+        # it gets a send buffer for 300 ms at 100 Mbit/s with losses: each hole holds
+        # the buffer for about two round trips. A loss-based controller fills any
+        # window it is given, so CUBIC and NewReno keep 4 MiB.
+        cfg.send_buffer = BBR_SEND_BUFFER
     if keepalive > 0:
         cfg.keepalive_idle = keepalive / 2
         cfg.keepalive_interval = keepalive / 6

@@ -10,7 +10,7 @@ class ConnectionConfig:
     mss: int = 1400                    # largest payload we accept (announced in the SYN) and send
     send_mss: int | None = None        # what we send until set_mss() changes it (e.g. Fast Open SYN data); None: mss
     send_buffer: int = 4 << 20         # cap on unacknowledged + unsent bytes we hold
-    recv_buffer: int = 4 << 20         # cap on received bytes held for the application
+    recv_buffer: int = 16 << 20        # cap on received bytes held for the application (and window)
     initial_recv_window: int = 256 << 10  # auto-tuning grows the window from here up to recv_buffer
     window_scaling: bool = True        # RFC 7323 §2
     timestamps: bool = True            # RFC 7323 §3-§5
