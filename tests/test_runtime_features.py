@@ -754,7 +754,7 @@ def test_receive_window_keeps_ahead_of_a_doubling_sender() -> None:
     """Dynamic right-sizing (as Linux's tcp_rcv_space_adjust): per RTT the window is twice
     what the application read, plus the growth of that amount, so a sender doubling its
     rate per round trip is not held by the window."""
-    b = Endpoint(ConnectionConfig(timestamps=False), b"b" * 32)
+    b = Endpoint(ConnectionConfig(timestamps=False, initial_recv_window=256 << 10), b"b" * 32)
     b.listen(1)
     a = Endpoint(ConnectionConfig(timestamps=False, pacing=False), b"a" * 32)
     ca = a.connect("B", 40000, 1, 0.0)
@@ -780,7 +780,7 @@ def test_receive_window_grows_from_the_first_round_trips() -> None:
     (2.4 and 4.8 Mbit/s) take it past its 256 KiB start. Measured from half the start
     instead, it stayed there until the sender reached 10 Mbit/s, and BBR's start-up,
     held by the window for a few rounds, took that for a full pipe."""
-    b = Endpoint(ConnectionConfig(timestamps=False), b"b" * 32)
+    b = Endpoint(ConnectionConfig(timestamps=False, initial_recv_window=256 << 10), b"b" * 32)
     b.listen(1)
     a = Endpoint(ConnectionConfig(timestamps=False, pacing=False), b"a" * 32)
     ca = a.connect("B", 40000, 1, 0.0)

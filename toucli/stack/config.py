@@ -11,7 +11,7 @@ class ConnectionConfig:
     send_mss: int | None = None        # what we send until set_mss() changes it (e.g. Fast Open SYN data); None: mss
     send_buffer: int = 4 << 20         # cap on unacknowledged + unsent bytes we hold
     recv_buffer: int = 16 << 20        # cap on received bytes held for the application (and window)
-    initial_recv_window: int = 256 << 10  # auto-tuning grows the window from here up to recv_buffer
+    initial_recv_window: int = 1 << 20    # auto-tuning grows the window from here up to recv_buffer
     window_scaling: bool = True        # RFC 7323 §2
     timestamps: bool = True            # RFC 7323 §3-§5
     sack: bool = True                  # RFC 2018
