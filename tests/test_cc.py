@@ -190,6 +190,19 @@ def test_newreno_congestion_event_halves_flight() -> None:
     assert c.ssthresh == 2 * MSS and c.cwnd == 2 * MSS
 
 
+@pytest.mark.parametrize("name,ssthresh", [("newreno", 10 * MSS), ("cubic", 14 * MSS)])
+def test_a_flight_above_cwnd_is_cut_from_cwnd(name: str, ssthresh: int) -> None:
+    """With SACK, FlightSize (SND.NXT - SND.UNA) can be far above cwnd when a recovery
+    starts soon after another (the data SACKed above the old holes); the reduction
+    is from cwnd then, never an increase (RFC 9438 §4.6 allows cwnd, Linux uses it)."""
+    c = make(name, 20)
+    c.on_congestion_event(1.0, 45 * MSS)
+    assert c.ssthresh == ssthresh and c.cwnd == ssthresh
+    c.on_recovery_exit(1.5)
+    c.on_congestion_event(2.0, 6 * MSS)    # an application-limited flight stays the base
+    assert c.ssthresh == (3 * MSS if name == "newreno" else 4200)
+
+
 def test_recovery_exit_deflates_to_ssthresh() -> None:
     c = make("newreno", 20)
     c.on_congestion_event(1.0, 20 * MSS)

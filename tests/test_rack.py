@@ -328,14 +328,16 @@ def test_prr_spreads_the_reduction_over_the_acks():
         got.append((seqs(t), t.conn.cwnd))
     assert got == [
         ([10], 10000), ([11], 10000),   # before recovery: a SACK frees room for new data
-        ([0], 8500),                    # 3 SACKed: lost. RecoverFS 12000, ssthresh 6000, pipe 8000:
-                                        # sndcnt ceil(1000*6000/12000) = 500, the retransmission forced
+        ([0], 8500),                    # 3 SACKed: lost. FlightSize 12000 is above cwnd 10000, so
+                                        # RecoverFS = 10000 and ssthresh = 5000; pipe 8000:
+                                        # sndcnt ceil(1000*5000/10000) = 500, the retransmission forced
         ([], 8000), ([], 7500),         # prr_delivered 2000 -> 0 more; 3000 -> 500 (less than an MSS)
-        ([], 6000),                     # pipe 6000 = ssthresh: SSRB, nothing to add
-        ([12], 6000), ([13], 6000), ([14], 6000), ([15], 6000), ([16], 6000),   # one out per one in
+        ([12], 7000), ([], 6500),       # 4000 -> 2000 - 1000 sent: one segment; 5000 -> 500
+        ([], 5000),                     # pipe 5000 = ssthresh: SSRB, nothing to add
+        ([13], 5000), ([14], 5000), ([15], 5000),   # one out per one in
     ]
     t.recv(t.inp(R, S + 12000, ACK, W), at=0.13)   # the recovery point: recovery ends
-    assert not t.conn.in_recovery and t.conn.stats()["cwnd"] == 6000
+    assert not t.conn.in_recovery and t.conn.stats()["cwnd"] == 5000
 
 
 def test_prr_off_falls_back_to_cwnd_equals_ssthresh():

@@ -1297,6 +1297,7 @@ class Connection:
     def _enter_recovery(self, now: float) -> None:
         """Fast recovery begins (RFC 6675 §5 step 4, RFC 6937 §3, RFC 3708 §3)."""
         flight = self.flight
+        recover_fs = self.cc.reduction_base(flight)   # RFC 6937's RecoverFS, at most cwnd (Linux: prior_cwnd)
         self.in_recovery = True
         self.rto_recovery = False
         self.recoveries += 1
@@ -1311,7 +1312,7 @@ class Connection:
         self._tlp_end = None
         self.tlp_deadline = None
         if self.config.prr and not getattr(self.cc, "manages_recovery", False):
-            self.prr.start(flight, self.cc.ssthresh)
+            self.prr.start(recover_fs, self.cc.ssthresh)
             self._recovery_cwnd = self.prr.on_ack(0, self._pipe(), self.eff_mss)
 
     def _rtt_sample(self, sample: float, per_ack: bool, now: float) -> None:

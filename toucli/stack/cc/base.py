@@ -174,7 +174,7 @@ class CongestionControl:
 
     def _reduce_on_loss(self, now: float, in_flight: int) -> None:
         """RFC 5681 §3.2 step 2 (eq. 4); cwnd = ssthresh (the engine does recovery)."""
-        self.ssthresh = self._half_flight(in_flight)
+        self.ssthresh = self._half_flight(self.reduction_base(in_flight))
         self.cwnd = self.ssthresh
 
     def on_recovery_exit(self, now: float) -> None:
@@ -265,6 +265,19 @@ class CongestionControl:
         self.cwnd = max(cwnd, self.mss)
 
     # ------------------------------------------------------------------ helpers
+
+    def reduction_base(self, in_flight: int) -> int:
+        """FlightSize for a fast-recovery reduction, never above cwnd (RFC 9438 §4.6
+        allows cwnd; Linux uses it).
+
+        With SACK the sender keeps its pipe (RFC 6675), not SND.NXT - SND.UNA, at
+        cwnd: when a recovery begins soon after another, the data SACKed above the
+        old holes makes FlightSize much larger than cwnd, and a "reduction" from it
+        raised cwnd. Under random loss the window then climbed round after round to
+        the buffer's limit (CUBIC at 5 % loss, 100 ms: 15-22 Mbit/s with 11 % resent
+        on the emulated path, where kernel CUBIC gets about 1).
+        """
+        return in_flight if in_flight < self.cwnd else self.cwnd
 
     def _half_flight(self, in_flight: int) -> int:
         """RFC 5681 eq. 4: max(FlightSize / 2, 2*SMSS)."""

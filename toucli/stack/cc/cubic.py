@@ -13,7 +13,8 @@ Here every window is kept in bytes and the curve is scaled by the MSS.
 * §4.4/§4.5: otherwise (concave below W_max, convex above) the target is
   W_cubic(t + RTT) clamped to [cwnd, 1.5*cwnd], and each ACK of one segment
   adds (target - cwnd)/cwnd segments.
-* §4.6: on loss, ssthresh = max(flight_size * beta, 2 SMSS) with beta = 0.7,
+* §4.6: on loss, ssthresh = max(flight_size * beta, 2 SMSS) with beta = 0.7
+  (flight_size at most cwnd, ``reduction_base``),
   cwnd = ssthresh; §4.7 fast convergence: a loss below the previous W_max sets
   W_max = cwnd * (1 + beta) / 2.
 * §4.8: on a timeout, ssthresh as in §4.6, cwnd = 1 SMSS; the first epoch after
@@ -152,7 +153,7 @@ class Cubic(CongestionControl):
         else:
             self.w_max = cw
         self.cwnd_prior = cw
-        self.ssthresh = max(_beta_of(in_flight), 2 * self.mss)
+        self.ssthresh = max(_beta_of(self.reduction_base(in_flight)), 2 * self.mss)
         self.cwnd = self.ssthresh
         self.epoch_start = None
         self.region = "recovery"
