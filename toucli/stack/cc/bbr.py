@@ -14,8 +14,9 @@ It paces at ``pacing_gain * BtlBw`` (§4.2.1) and caps what is in flight at
 ``cwnd_gain * BtlBw * RTprop`` plus three send quanta (§4.2.3), moving through
 the states of §4.3:
 
-* STARTUP: gains 2/ln 2 until BtlBw has grown by less than 25 % in three
-  non-application-limited rounds ("filled pipe", §4.3.2.2);
+* STARTUP: pacing gain 2/ln 2 until BtlBw has grown by less than 25 % in three
+  non-application-limited rounds ("filled pipe", §4.3.2.2); cwnd gain 2, BBRv3's
+  (v1's 2/ln 2 overfills a one-BDP queue in each of those three rounds);
 * DRAIN: pacing gain ln 2 / 2 until in-flight data is down to one BDP (§4.3.3);
 * PROBE_BW: pacing gain cycling 5/4, 3/4, 1 x 6, one phase per RTprop, starting at
   a random phase other than 3/4 (§4.3.4); the 5/4 phase lasts until in flight
