@@ -212,6 +212,23 @@ def test_fast_recovery_conserves_packets_then_restores():
     assert b.cwnd == before and not b.in_recovery
 
 
+def test_a_loss_in_startup_takes_the_lost_bytes_off_but_does_not_stop_growth():
+    """In STARTUP a recovery takes the lost bytes off cwnd but starts no packet-
+    conservation round: under random loss (a few per round) v1's conservation held
+    the window flat every other round, and start-up took twice the rounds."""
+    b = Bbr(MSS, 0.0, 10 * MSS)
+    f = Feed(b)
+    f.rounds(3, rate=1e6, acked=5000, in_flight=20_000)
+    assert b.mode == STARTUP
+    before = b.cwnd
+    b.on_congestion_event(f.now, 20_000)
+    assert b.in_recovery and not b.packet_conservation
+    f.ack(rate=1e6, in_flight=20_000, acked=3000, losses=1000)
+    assert b.cwnd == before - 1000 + 3000
+    f.ack(rate=1e6, in_flight=20_000, acked=2000)
+    assert b.cwnd == before + 4000
+
+
 def test_rto_restarts_from_one_segment_and_restores_after():
     b, f = _probe_bw()
     for _ in range(300):
