@@ -750,10 +750,9 @@ def test_a_forwarded_connection_that_overtakes_the_listen_reply_is_served() -> N
     assert not any("refused" in line for line in lines), lines
 
 
-def test_receive_window_keeps_ahead_of_a_doubling_sender() -> None:
-    """Dynamic right-sizing (as Linux's tcp_rcv_space_adjust): per RTT the window is twice
-    what the application read, plus the growth of that amount, so a sender doubling its
-    rate per round trip is not held by the window."""
+def _window_after_reading(amounts: tuple[int, ...]) -> int:
+    """A receiver starting at a 256 KiB window gets and reads ``amounts`` bytes in
+    successive 100 ms round trips; its window target once the next one begins."""
     b = Endpoint(ConnectionConfig(timestamps=False, initial_recv_window=256 << 10), b"b" * 32)
     b.listen(1)
     a = Endpoint(ConnectionConfig(timestamps=False, pacing=False), b"a" * 32)
@@ -762,7 +761,7 @@ def test_receive_window_keeps_ahead_of_a_doubling_sender() -> None:
     cb = next(iter(b.connections.values()))
     assert cb.rcv_space == 256 << 10
     now, off, mss = 0.0, 0, 1000
-    for amount in (100_000, 200_000):          # what arrives (and is read) in two round trips
+    for amount in amounts:
         now += 0.1
         for _ in range(amount // mss):
             b.receive("A", _data_from(ca, cb, off, mss), now)
@@ -770,8 +769,16 @@ def test_receive_window_keeps_ahead_of_a_doubling_sender() -> None:
             cb.recv()
             b.segments_to_send(now)
     b.receive("A", _data_from(ca, cb, off, mss), now + 0.1)    # the next round trip's first arrival measures
+    return cb.rcv_space
+
+
+def test_receive_window_keeps_ahead_of_a_doubling_sender() -> None:
+    """Dynamic right-sizing (as Linux's tcp_rcv_space_adjust): per RTT the window is twice
+    what the application read, plus the growth of that amount, so a sender doubling its
+    rate per round trip is not held by the window."""
+    space = _window_after_reading((100_000, 200_000))
     # 2 x 200 kB + 16 segments, grown in proportion to the growth: about 0.85 MB (the old rule: 0.4 MB)
-    assert cb.rcv_space > 800_000, cb.rcv_space
+    assert space > 800_000, space
 
 
 def test_receive_window_grows_from_the_first_round_trips() -> None:
@@ -780,23 +787,8 @@ def test_receive_window_grows_from_the_first_round_trips() -> None:
     (2.4 and 4.8 Mbit/s) take it past its 256 KiB start. Measured from half the start
     instead, it stayed there until the sender reached 10 Mbit/s, and BBR's start-up,
     held by the window for a few rounds, took that for a full pipe."""
-    b = Endpoint(ConnectionConfig(timestamps=False, initial_recv_window=256 << 10), b"b" * 32)
-    b.listen(1)
-    a = Endpoint(ConnectionConfig(timestamps=False, pacing=False), b"a" * 32)
-    ca = a.connect("B", 40000, 1, 0.0)
-    _pump(a, b, 0.0)
-    cb = next(iter(b.connections.values()))
-    assert cb.rcv_space == 256 << 10
-    now, off, mss = 0.0, 0, 1000
-    for amount in (30_000, 60_000):
-        now += 0.1
-        for _ in range(amount // mss):
-            b.receive("A", _data_from(ca, cb, off, mss), now)
-            off += mss
-            cb.recv()
-            b.segments_to_send(now)
-    b.receive("A", _data_from(ca, cb, off, mss), now + 0.1)
-    assert cb.rcv_space > 300_000, cb.rcv_space
+    space = _window_after_reading((30_000, 60_000))
+    assert space > 300_000, space
 
 
 def _data_from(src, dst, off: int, n: int):
