@@ -1186,8 +1186,9 @@ class Connection:
                 self.first_sent_ts = f
 
     def _sack_delivered(self, ranges: list[tuple[int, int]], seg: Segment, now: float) -> float | None:
-        """RFC 8985 §6.2 steps 2-3 for newly SACKed ranges (ascending); returns the
-        earliest send time among the never-retransmitted ones (an RTT sample)."""
+        """RFC 8985 §6.2 steps 2-3 for newly SACKed ranges (ascending); with
+        ``config.rtt_sack_samples``, returns the earliest send time among the
+        never-retransmitted ones (an RTT sample)."""
         log = self.sent
         rack = self.rack
         starts, ends, tss, flags = log.start, log.end, log.ts, log.flags
@@ -1197,13 +1198,14 @@ class Connection:
         min_rtt = self.rtt.min_rtt
         n = len(ends)
         oldest: float | None = None
+        want_rtt = self.config.rtt_sack_samples
         for a, b in ranges:
             self.delivered += b - a
             i = log.index_after(a)
             while i < n and starts[i] < b:
                 fl = flags[i]
                 rtx = bool(fl & RETRANSMITTED)
-                if not rtx and (oldest is None or tss[i] < oldest):
+                if want_rtt and not rtx and (oldest is None or tss[i] < oldest):
                     oldest = tss[i]
                 rack.update(tss[i], ends[i], rtx, now, tsecr_time, min_rtt)
                 rack.delivered(ends[i], rtx)
@@ -1675,9 +1677,11 @@ class Connection:
         cfg = self.config
         st = self.state
         if cfg.rto_restart_on_head_resend and st in _SYNCHRONIZED and self.snd_max > self.snd_una:
-            # Linux (tcp_rearm_rto): the timer runs the RTO in force now from the later
-            # of the last cumulative ACK and the head's last send. An RTO that grew
-            # since the timer was set (a queue filling up) moves the expiry out.
+            # Linux (tcp_rearm_rto, tcp_xmit_retransmit_queue): the timer runs the RTO in
+            # force now from the later of the last cumulative ACK and the head's last
+            # send. So a resent head gets a whole RTO to be answered (counted from the
+            # last ACK, RFC 6298 §5.3, it can expire while the resend is on its way),
+            # and an RTO that grew since the timer was set moves the expiry out.
             log = self.sent
             start = self._last_progress
             if log.head < len(log.ts) and log.ts[log.head] > start:
@@ -1996,11 +2000,6 @@ class Connection:
             self._timed = None   # Karn: never time a retransmitted range
         if self._retrans_stamp is None:
             self._retrans_stamp = now
-        if a == self.snd_una and self.config.rto_restart_on_head_resend:
-            # Linux (tcp_xmit_retransmit_queue): a resent head gets a whole RTO to be
-            # answered. Counted from the last cumulative ACK (RFC 6298 §5.3), it can
-            # expire while the resend is still on its way.
-            self.rto_deadline = now + self.rtt.rto
         if self._undo_marker is not None and a >= self._undo_marker:
             self._undo_retrans += 1
             self._undo_rtx_total += 1

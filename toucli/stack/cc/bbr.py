@@ -30,7 +30,8 @@ delivered ("packet conservation") for one round trip; on leaving recovery the
 cwnd of before is restored. STARTUP keeps growing through a recovery: under
 random loss a conservation round came every other round and start-up took
 twice the rounds (300 ms / 2 % on the emulated path: 54-58 instead of 46-48
-Mbit/s), and its cwnd gain of 2 already bounds what it has in flight. A retransmission timeout sets cwnd to one segment and saves the old one;
+Mbit/s), and its cwnd gain of 2 already bounds what it has in flight.
+A retransmission timeout sets cwnd to one segment and saves the old one;
 it then grows by what each ACK delivers, up to the BBR target, and is restored
 when the recovery ends. BBR does its own recovery arithmetic, so the engine runs no
 PRR for it (``manages_recovery``), and it must pace (``requires_pacing``).
