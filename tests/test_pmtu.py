@@ -116,12 +116,39 @@ def test_raise_timer_reprobes_after_600_seconds():
 def test_packet_too_big_lowers_the_size_and_the_bound():
     pm = Plpmtud(0.0, max_plpmtu=1472)
     Path(1472).run(pm, 0.0, 5.0)
-    pm.packet_too_big(1380, 10.0)
-    assert pm.plpmtu == 1380 and pm.search_high == 1380
-    pm.packet_too_big(1500, 10.0)                  # never raises
+    assert pm.packet_too_big(1380, 10.0)
+    assert pm.plpmtu == 1380 and pm.search_high == 1380 and pm.state is PmtuState.SEARCH_COMPLETE
+    assert not pm.packet_too_big(1500, 10.0)       # never raises
+    assert not pm.packet_too_big(1380, 10.0)       # the same news again
+    assert not pm.packet_too_big(100, 10.0)        # absurd: ignored
     assert pm.plpmtu == 1380
-    pm.packet_too_big(100, 10.0)                   # absurd: ignored
-    assert pm.plpmtu == 1380
+    assert pm.next_deadline() == 10.0 + 600.0      # searched again after the raise timer
+
+
+def test_packet_too_big_during_the_search_is_the_next_probe():
+    """§4.6.2: the probe of the largest size meets a smaller link; the PTB ends that probe
+    at once (no probe timer), and its size is probed next and confirmed."""
+    pm = Plpmtud(0.0, max_plpmtu=1472, probe_timeout=15.0)
+    assert pm.probe_size(0.0) == 1200
+    pm.probe_acked(1200, 0.1)
+    assert pm.probe_size(0.1) == 1472
+    assert pm.packet_too_big(1372, 0.102)
+    assert pm.plpmtu == 1200 and pm.next_deadline() is None    # the 1472 probe is over
+    assert pm.probe_size(0.102) == 1372
+    pm.probe_acked(1372, 0.2)
+    assert pm.state is PmtuState.SEARCH_COMPLETE and pm.plpmtu == 1372 and pm.probes_sent == 3
+
+
+def test_a_packet_too_big_that_is_not_confirmed_falls_back_to_the_search():
+    """A PTB size is a candidate, not a confirmed size: when its probes fail too, the
+    search goes on below it."""
+    pm = Plpmtud(0.0, max_plpmtu=1472, probe_timeout=1.0)
+    pm.probe_acked(pm.probe_size(0.0), 0.1)
+    pm.probe_size(0.1)
+    pm.packet_too_big(1400, 0.1)
+    now, sent = Path(1300).run(pm, 0.1, 60.0)
+    assert sent[:3] == [1400, 1400, 1400] and 1300 - 16 <= pm.plpmtu <= 1300
+    assert pm.state is PmtuState.SEARCH_COMPLETE
 
 
 def _probe_sizes(pm: Plpmtud, path: int, now: float = 0.0, limit: int = 200) -> list[int]:

@@ -13,7 +13,7 @@ A black hole (repeated loss of full-sized datagrams while the path otherwise
 works, §4.3/§5.2) sends the machine back to BASE with ``plpmtu = base``.
 
 Search (§5.3): first the largest candidate (``max_plpmtu``, the local interface's
-limit, which most paths carry), then the common sizes of ``common`` (a search table
+limit, which most paths carry, or the size a Packet Too Big message named, §4.6.2), then the common sizes of ``common`` (a search table
 as RFC 4821 §7.7 suggests: jumbo and Ethernet frames, so a path from a large-MTU
 interface across an Ethernet link settles in a few probes), then a binary search
 between the largest size acknowledged and the smallest size that failed, down to
@@ -122,8 +122,8 @@ class Plpmtud:
         if hi - lo <= self.granularity:
             self._complete(now)
             return None
-        if hi == self.max_plpmtu and not self._tried_max:
-            return hi                     # optimistic first probe: the largest size
+        if self._high_untried:
+            return hi                     # the largest size (or a PTB's size) first
         for size in self.common:          # a common size neither confirmed nor failed yet
             if lo < size <= hi:
                 return size
@@ -175,7 +175,7 @@ class Plpmtud:
             self.state = PmtuState.ERROR          # §5.2: even the base size is not confirmed
             self._set(min(self.min_plpmtu, self.plpmtu))
         elif st == PmtuState.SEARCHING:
-            self._tried_max = True
+            self._high_untried = False
             self.search_high = size - 1
             if self.search_high - self.plpmtu <= self.granularity:
                 self._complete(now)
@@ -202,30 +202,39 @@ class Plpmtud:
             self._outstanding = None
             self._raise_at = None
 
-    def packet_too_big(self, mtu: int, now: float) -> None:
-        """An ICMP Packet Too Big / Fragmentation Needed naming a UDP payload limit
-        (§4.6.2): it can only lower the search bound, never raise the PLPMTU."""
-        if mtu < self.min_plpmtu:
-            return
+    def packet_too_big(self, mtu: int, now: float) -> bool:
+        """A validated ICMP Packet Too Big / Fragmentation Needed naming a UDP payload
+        limit (§4.6.2). It only ever lowers: the PLPMTU when that is larger (the path
+        shrank), and the search bound, whose new value is the next probe (a PTB's
+        size is a candidate, not a confirmed size). A probe in flight that was larger
+        is lost. False when the message changes nothing (at or above the bound, or
+        below ``min_plpmtu``: inconsistent, discarded)."""
+        if mtu < self.min_plpmtu or mtu >= self.search_high:
+            return False
+        self.search_high = mtu
         if mtu < self.plpmtu:
             self._set(mtu)
             if mtu < self.base:
                 self.state = PmtuState.ERROR   # §4.6.2: below the base size
-        if mtu < self.search_high:
-            self.search_high = mtu
-            self._tried_max = True
+            elif self.state == PmtuState.SEARCH_COMPLETE:
+                self._complete(now)            # the smaller size is in use; re-probe later
+        elif self.state == PmtuState.SEARCH_COMPLETE:
+            self.state = PmtuState.SEARCHING   # something between the PLPMTU and the bound
+            self._raise_at = None
+        self._high_untried = mtu > self.plpmtu
         if self.probed_size is not None and self.probed_size > mtu:
             self.probed_size = None
             self.probe_count = 0
             self._outstanding = None
+        return True
 
     # ------------------------------------------------------------ helpers
-    _tried_max = False
+    _high_untried = False
 
     def _start_search(self, now: float) -> None:
         self.state = PmtuState.SEARCHING
         self.search_high = self.max_plpmtu
-        self._tried_max = False
+        self._high_untried = True
         self.probed_size = None
         self.probe_count = 0
         self._raise_at = None
