@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 import socket
 
@@ -20,6 +21,7 @@ from toucli.tunnel import (
     DEFAULT_CC, EXIT_USAGE, Channel, PlainTransport, SecureTransport, Tunnel, TunnelError, engine_config,
     mss_for,
 )
+from toucli import udp as udp_mod
 from toucli.udp import UdpSocket
 
 from securenet import secret
@@ -205,7 +207,10 @@ def _secure(role: str) -> SecureTransport:
     return SecureTransport(SecureEndpoint(role, Auth.secret(secret(b"path mtu test secret words"))))
 
 
-async def _pmtu_pair(limit: int, transfer: int = 400_000, secure: bool = False, sock=None):
+async def _pmtu_pair(limit: int, transfer: int = 400_000, secure: bool = False, sock=None, then=None):
+    """Move ``transfer`` bytes over a pair of tunnels whose sockets carry ``limit`` bytes, and
+    wait for both searches to end: each side's (PLPMTU, state, MSS), client, server; or what
+    ``await then(client, ch, peer)`` returns, run before the tunnels close."""
     server_t, client_t = (_secure("server"), _secure("client")) if secure else (PlainTransport(), PlainTransport())
     cfg = engine_config(socket.AF_INET, server_t.overhead)
     accepted: asyncio.Queue[Channel] = asyncio.Queue()
@@ -237,6 +242,8 @@ async def _pmtu_pair(limit: int, transfer: int = 400_000, secure: bool = False, 
         while loop.time() < end and not all(p is not None and p.pm.state is PmtuState.SEARCH_COMPLETE
                                              for p in paths()):
             await asyncio.sleep(0.05)
+        if then is not None:
+            return await then(client, ch, peer)
         return [(p.pm.plpmtu, p.pm.state, c.conn.eff_mss) for p, c in zip(paths(), (ch, peer))], client, server
     finally:
         client.close()
@@ -254,6 +261,63 @@ def test_discovery_finds_the_loopback_interface_limit() -> None:
     assert client.usock.df and server.usock.df
     assert client.path_mtu == server.path_mtu == 65535 and client.stats()["pmtu_probes"] == 2   # base, then max
     assert client.usock.data_dropped == server.usock.data_dropped == 0
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["cleartext", "dtls"])
+def test_packet_too_big_is_validated_against_what_was_sent(secure: bool) -> None:
+    """RFC 8899 §4.6.1: a Packet Too Big counts only when its quote is a datagram this end
+    sent to that peer. Forged ones (another address, session ID or port, a record or
+    sequence number never sent, a quote too short to tell) change nothing; a genuine one
+    naming less than the PLPMTU lowers it at once, the MSS follows, the same message
+    again is no news, and data still flows."""
+    ICMP = udp_mod.SO_EE_ORIGIN_ICMP
+
+    async def then(client: Tunnel, ch: Channel, peer: Channel):
+        sent: list[bytes] = []
+        send_one = client.usock._send_one
+        client.usock._send_one = lambda d, a: (sent.append(bytes(d[:udp_mod.QUOTE_BYTES])), send_one(d, a))[1]
+        await ch.write(b"x" * 100_000)
+        got = 0
+        while got < 100_000:
+            got += len(await asyncio.wait_for(peer.read(), 5))
+        path = client.paths[ch.peer]
+        dest = client.transport.address(ch.peer)
+        genuine = sent[-1]
+        hdr = 12 if secure else 4
+
+        def flip(at: int) -> bytes:
+            return genuine[:at] + bytes([genuine[at] ^ 0xFF]) + genuine[at + 1:]
+
+        forged = [(("127.0.0.2", dest[1]), genuine),          # to another address
+                  (dest, genuine[:8]),                         # too short to validate
+                  (dest, flip(hdr - 1) if secure else flip(hdr + 1)),  # session ID / source port
+                  (dest, flip(hdr + 5) if secure else flip(hdr + 4))]  # record epoch+seq / sequence number
+        before = (path.pm.plpmtu, path.pm.search_high)
+        for addr, quoted in forged:
+            client._on_icmp(udp_mod.IcmpReport(errno.EMSGSIZE, ICMP, 3, 4, 1300, addr, quoted))
+        await asyncio.sleep(0.05)
+        after_forged = (client.ptb_ignored, client.ptb_accepted, (path.pm.plpmtu, path.pm.search_high) == before)
+        client._on_icmp(udp_mod.IcmpReport(errno.EMSGSIZE, ICMP, 3, 4, 1300, dest, genuine))
+        await asyncio.sleep(0.05)
+        lowered = (client.ptb_accepted, path.pm.plpmtu, ch.conn.eff_mss)
+        client._on_icmp(udp_mod.IcmpReport(errno.EMSGSIZE, ICMP, 3, 4, 1300, dest, genuine))   # again: no news
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 5
+        while loop.time() < end and path.pm.state is not PmtuState.SEARCH_COMPLETE:
+            await asyncio.sleep(0.05)
+        await ch.write(b"y" * 50_000)
+        tail = bytearray()
+        while len(tail) < 50_000:
+            tail += await asyncio.wait_for(peer.read(), 5)
+        return after_forged, lowered, client.ptb_ignored, path.pm.state, path.pm.plpmtu, bytes(tail)
+
+    after_forged, lowered, ignored, state, plpmtu, tail = asyncio.run(
+        _pmtu_pair(65535, transfer=1_000_000, secure=secure, then=then))
+    assert after_forged == (4, 0, True)
+    overhead = 12 + 13 + 8 + 16 if secure else 4
+    assert lowered == (1, 1272, 1272 - overhead - 20 - 12)
+    assert ignored == 5 and state is PmtuState.SEARCH_COMPLETE and plpmtu == 1272
+    assert tail == b"y" * 50_000
 
 
 def test_secure_discovery_stops_at_one_full_record() -> None:

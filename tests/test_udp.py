@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from toucli.udp import UdpSocket
+from toucli.udp import IP_RECVERR, SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6, SO_EE_ORIGIN_LOCAL, IcmpReport, UdpSocket
 
 
 def pair(**kw: bool) -> tuple[UdpSocket, UdpSocket]:
@@ -144,12 +144,47 @@ def test_receive_stops_after_max_calls() -> None:
         b.close()
 
 
-def test_connected_socket_reports_refusal() -> None:
+def _closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tmp:
         tmp.bind(("127.0.0.1", 0))
-        port = tmp.getsockname()[1]
+        return tmp.getsockname()[1]
+
+
+@pytest.mark.parametrize("connected", [True, False])
+def test_icmp_port_unreachable_comes_from_the_error_queue(connected: bool) -> None:
+    """ip(7) IP_RECVERR: the refusal arrives as a report naming the destination and quoting
+    the datagram, on a connected socket and (unlike without the option) an unconnected one;
+    the read that hears of it drains the queue instead of failing."""
+    port = _closed_port()
+    a = UdpSocket.bind("127.0.0.1", 0)
+    reports: list = []
+    a.on_error = reports.append
+    try:
+        assert a.recverr
+        if connected:
+            a.connect(("127.0.0.1", port))
+        a.send([(b"hello", ("127.0.0.1", port))])
+        time.sleep(0.05)
+        assert a.receive(lambda d, _: None) == 0
+        assert len(reports) == 1 and a.icmp_in == 1
+        rep = reports[0]
+        assert (rep.errno, rep.origin, rep.type, rep.code) == (errno.ECONNREFUSED, SO_EE_ORIGIN_ICMP, 3, 3)
+        assert rep.dest[:2] == ("127.0.0.1", port) and rep.quoted == b"hello"
+        assert rep.packet_too_big is None
+        a.send([(b"again", ("127.0.0.1", port))])     # the pending error does not eat this send
+        time.sleep(0.05)
+        assert a.receive(lambda d, _: None) == 0
+        assert [r.quoted for r in reports] == [b"hello", b"again"] and a.send_drops == 0
+    finally:
+        a.close()
+
+
+def test_without_the_error_queue_a_connected_socket_still_reports_refusal() -> None:
+    port = _closed_port()
     a = UdpSocket.bind("127.0.0.1", 0)
     try:
+        a.sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 0)
+        a.recverr = False
         a.connect(("127.0.0.1", port))
         a.send([(b"hello", ("127.0.0.1", port))])
         time.sleep(0.05)
@@ -157,6 +192,14 @@ def test_connected_socket_reports_refusal() -> None:
             a.receive(lambda d, _: None)
     finally:
         a.close()
+
+
+def test_packet_too_big_report() -> None:
+    rep = IcmpReport(errno.EMSGSIZE, SO_EE_ORIGIN_ICMP, 3, 4, 1400, ("10.0.0.1", 1), b"")
+    assert rep.packet_too_big == 1400
+    assert rep._replace(origin=SO_EE_ORIGIN_ICMP6, type=2, code=0).packet_too_big == 1400
+    assert rep._replace(origin=SO_EE_ORIGIN_LOCAL).packet_too_big is None   # our own oversize send
+    assert rep._replace(info=0).packet_too_big is None
 
 
 def test_dual_stack_listener_accepts_ipv4() -> None:

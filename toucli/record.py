@@ -152,6 +152,11 @@ class RecordProtection:
 
     # --- sending -----------------------------------------------------------------
 
+    def has_sealed(self, epoch_seq: int) -> bool:
+        """True when ``epoch_seq`` (epoch << 48 | sequence number) lies in what :meth:`seal` has used."""
+        seq = epoch_seq & _SEQ_MASK
+        return epoch_seq >> 48 == self.epoch and FAST_PATH_SEQ_BASE <= seq < self.next_seq
+
     def seal(self, plaintext: bytes | bytearray | memoryview, prefix: bytes = b"",
              content_type: int = CT_APPLICATION_DATA) -> bytes:
         """``prefix`` + one record holding ``plaintext``. Raises OverflowError when the

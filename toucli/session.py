@@ -432,6 +432,23 @@ class SecureEndpoint:
     def sessions(self) -> list[Session]:
         return list(self._sessions)
 
+    def session_for_quote(self, addr: Addr, quoted: bytes) -> Session | None:
+        """The session that sent the datagram an ICMP error quotes, or None when the quote
+        does not prove it (RFC 8899 §4.6.1): tou's GUE header with the session ID of
+        one of the session's associations, and a record that association has sealed
+        (its epoch, a sequence number it has used) going to the session's address."""
+        if len(quoted) < GUE_HEADER_LEN + RECORD_HEADER_LEN or quoted[:8] != _HEAD:
+            return None
+        assoc = self._by_id.get(_U32.unpack_from(quoted, 8)[0])
+        if assoc is None or assoc.session is None or assoc.keys is None:
+            return None
+        if tuple(assoc.dest[:2]) != tuple(addr[:2]):
+            return None
+        es = int.from_bytes(quoted[GUE_HEADER_LEN + 3:GUE_HEADER_LEN + 11], "big")
+        if not assoc.keys.has_sealed(es):
+            return None
+        return assoc.session
+
     # --- receive path ----------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Addr, now: float) -> list[tuple[Session, bytes]]:

@@ -338,6 +338,7 @@ class Collector:
         overhead = None
         local = self._local
         mtu = DEFAULT_MTU
+        ptb = 0
         for tunnel in self.tunnels:
             u = getattr(tunnel, "usock", None)
             tr = getattr(tunnel, "transport", None)
@@ -345,6 +346,7 @@ class Collector:
                 transport_name = transport_name or getattr(tr, "name", None)
                 overhead = overhead if overhead is not None else getattr(tr, "overhead", None)
             mtu = getattr(tunnel, "path_mtu", mtu) or mtu
+            ptb += int(getattr(tunnel, "ptb_accepted", 0))
             if u is not None:
                 bo, bi = int(getattr(u, "bytes_out", 0)), int(getattr(u, "bytes_in", 0))
                 do, di = int(getattr(u, "datagrams_out", 0)), int(getattr(u, "datagrams_in", 0))
@@ -412,6 +414,7 @@ class Collector:
                 "rtt": min(rtts) if rtts else None,
                 "min_rtt": min(min_rtts) if min_rtts else None,
                 "mtu": mtu,
+                "ptb": ptb,
                 "mss": mss,
                 "loss_pct": loss_now,
                 "loss_pct_total": _pct(t.retrans_segs, t.segs_out),

@@ -33,10 +33,11 @@ import os
 import random
 import socket
 import stat
+import struct
 import sys
 import threading
 from dataclasses import replace
-from typing import Any, Awaitable, Callable, Hashable, Protocol
+from typing import Any, Awaitable, Callable, Hashable, Iterable, Protocol
 
 from toucli.stack.config import ConnectionConfig
 from toucli.stack.connection import Connection, State
@@ -47,7 +48,8 @@ from toucli.stack.gue import PLAIN_HEADER, PLAIN_HEADER_LEN, GueHeader, parse_he
 from toucli.stack.pmtu import BASE_PLPMTU_V4, BASE_PLPMTU_V6, Plpmtud, udp_payload_limit
 from toucli.stack.segment import Segment
 from toucli.stack.tcp import TcpDrop, decode_segment, encode_segment
-from toucli.udp import MAX_UDP_PAYLOAD, Address, UdpSocket
+from toucli.stack.seq import MASK, seq_sub
+from toucli.udp import MAX_UDP_PAYLOAD, SO_EE_ORIGIN_ICMP6, SO_EE_ORIGIN_LOCAL, Address, IcmpReport, UdpSocket
 
 STREAM_PORT = 1              # inner TCP port of the listen/connect byte stream (docs/PROTOCOL.md §9)
 BATCH_PER_CONNECTION = 16    # segments fed to one connection before its output is drained
@@ -62,6 +64,8 @@ PMTU_TICK = 0.5              # seconds between path-MTU timer checks (probe time
 PMTU_BLACK_HOLE_RTOS = 2     # retransmission timeouts in a row, nothing acknowledged: a black hole (§4.3)
 PMTU_PROBE_TIMEOUT = 2.0     # a probe unanswered for the RTO, at most this long, is lost (RFC 8899 PROBE_TIMER)
 PMTU_PROBE_TIMER_MIN = 1.0   # ... and at least this long (RFC 8899 §5.1.1)
+QUOTE_SEQ_SLACK = 1 << 16    # a probe's bytes lie below SND.UNA, by less than this
+_QUOTED_TCP = struct.Struct("!HHI")   # source port, destination port, sequence number
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -169,6 +173,7 @@ class Transport(Protocol):
     def handle_timer(self, now: float) -> None: ...
     def next_event(self) -> Any: ...
     def describe(self, peer: Hashable) -> str: ...
+    def quoted_peer(self, addr: Address, quoted: bytes, peers: Iterable[Hashable]) -> tuple[Hashable, int | None] | None: ...
 
 
 class PlainTransport:
@@ -228,6 +233,16 @@ class PlainTransport:
 
     def describe(self, peer: Hashable) -> str:
         return format_address(peer)
+
+    def quoted_peer(self, addr: Address, quoted: bytes, peers: Iterable[Hashable]) -> tuple[Hashable, int | None] | None:
+        """Which of ``peers`` sent the datagram an ICMP error quotes, and where the quoted
+        TCP header starts (the tunnel checks its ports and sequence number); None if not ours."""
+        if quoted[:PLAIN_HEADER_LEN] != PLAIN_HEADER or len(quoted) < PLAIN_HEADER_LEN + 8:
+            return None
+        for peer in peers:
+            if tuple(peer[:2]) == tuple(addr[:2]):
+                return peer, PLAIN_HEADER_LEN
+        return None
 
 
 class SecureTransport:
@@ -298,6 +313,13 @@ class SecureTransport:
             return session, TunnelError(f"secure session with {format_address(session.peer_addr)} "
                                         f"ended: {event.reason}")
         return None
+
+    def quoted_peer(self, addr: Address, quoted: bytes, peers: Iterable[Hashable]) -> tuple[Hashable, int | None] | None:
+        """The session whose record an ICMP error quotes (its session ID, epoch and a
+        sequence number it used: :meth:`SecureEndpoint.session_for_quote`); the TCP
+        header is encrypted, so there is none to check."""
+        session = self.ep.session_for_quote(addr, quoted)
+        return (session, None) if session is not None else None
 
     def describe(self, peer: Hashable) -> str:
         addr = getattr(peer, "peer_addr", peer)
@@ -533,8 +555,12 @@ class Tunnel:
         self.paths: dict[Hashable, PathMtu] = {}
         self._probing: list[PathMtu] = []
         self._pmtu_timer: asyncio.TimerHandle | None = None
+        self._icmp: list[IcmpReport] = []
+        self.ptb_accepted = 0          # Packet Too Big messages that moved a path's search
+        self.ptb_ignored = 0           # ... that did not validate or changed nothing
         self.loop.add_reader(usock.fileno(), self._on_readable)
         usock.on_blocked = self._on_blocked
+        usock.on_error = self._on_icmp
 
     # ---- API
     def listen(self, port: int = STREAM_PORT) -> None:
@@ -648,6 +674,23 @@ class Tunnel:
         counts.clear()
         self._service(now)
 
+    def _on_icmp(self, report: IcmpReport) -> None:
+        """An ICMP error from the socket's error queue: handled in the next service round."""
+        self._icmp.append(report)
+        self.kick()
+
+    def _handle_icmp(self, now: float) -> None:
+        """Packet Too Big feeds path-MTU discovery; on a connected socket, port/host/network
+        unreachable fail the peer (as ECONNREFUSED from a read would); the rest is noise."""
+        reports, self._icmp = self._icmp, []
+        for rep in reports:
+            mtu = rep.packet_too_big
+            if mtu is not None:
+                self._pmtu_ptb(rep, mtu, now)
+            elif self.usock.connected_to is not None and rep.origin != SO_EE_ORIGIN_LOCAL \
+                    and rep.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                self._udp_failed(OSError(rep.errno, os.strerror(rep.errno)))
+
     def _udp_failed(self, exc: OSError) -> None:
         """A socket error: ECONNREFUSED (ICMP port unreachable) fails the connected peer's channels."""
         if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
@@ -707,6 +750,8 @@ class Tunnel:
             self._servicing = False
         if more:
             self.kick()                 # events kept coming: what they caused goes out next turn
+        if self._icmp:
+            self._handle_icmp(now)
         if self._probing:
             self._pmtu_poll(now)
         if self._closing:
@@ -876,6 +921,36 @@ class Tunnel:
             path.pm.probe_lost(size, now)
             self._pmtu_apply(path)
 
+    def _pmtu_ptb(self, rep: IcmpReport, mtu: int, now: float) -> None:
+        """A Packet Too Big (RFC 8899 §4.6): validated against what this end sent to the
+        peer (§4.6.1), then the peer's search takes its size as the bound and next probe;
+        a probe in flight that was larger is lost."""
+        found = self.transport.quoted_peer(rep.dest, rep.quoted, self.paths) if self.pmtu else None
+        path = self.paths.get(found[0]) if found is not None else None
+        if path is None or (found[1] is not None and not self._quote_in_window(path, rep.quoted, found[1])):
+            self.ptb_ignored += 1
+            return
+        size = udp_payload_limit(mtu, ipv6=rep.origin == SO_EE_ORIGIN_ICMP6)
+        if not path.pm.packet_too_big(size, now):
+            self.ptb_ignored += 1
+            return
+        self.ptb_accepted += 1
+        if path.probe is not None and path.probe[1] > size:
+            path.probe = None
+        self._pmtu_apply(path)
+        self._pmtu_probe(path, now)
+
+    @staticmethod
+    def _quote_in_window(path: PathMtu, quoted: bytes, off: int) -> bool:
+        """A quoted cleartext TCP header belongs to one of the path's connections: its ports,
+        and a sequence number from the last 64 KiB below SND.UNA (a probe) up to SND.MAX."""
+        sport, dport, seq = _QUOTED_TCP.unpack_from(quoted, off)
+        for conn in path.rtos:
+            if conn.local_port == sport and conn.remote_port == dport:
+                d = seq_sub(seq, (conn.iss + conn.snd_una) & MASK)
+                return -QUOTE_SEQ_SLACK <= d <= conn.snd_max - conn.snd_una
+        return False
+
     def _pmtu_poll(self, now: float) -> None:
         """After input: answered probes move the search on."""
         for path in list(self._probing):
@@ -966,6 +1041,7 @@ class Tunnel:
                 "gso": u.gso, "gro": u.gro, "path_mtu": self.path_mtu,
                 "pmtu_probes": sum(p.pm.probes_sent for p in self.paths.values()),
                 "pmtu_black_holes": sum(p.pm.black_holes for p in self.paths.values()),
+                "icmp_in": u.icmp_in, "ptb_accepted": self.ptb_accepted, "ptb_ignored": self.ptb_ignored,
                 **self.ep.stats()}
 
 

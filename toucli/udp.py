@@ -21,6 +21,14 @@ time the kernel refuses them, after which the plain path is used.
 Datagrams leave with the don't-fragment bit (``IP_PMTUDISC_PROBE``, ``ip(7)``):
 never fragmented, and not limited by the kernel's cached path MTU either, so
 the runtime's own path-MTU discovery (RFC 8899) learns what really gets through.
+
+ICMP errors about sent datagrams (``IP_RECVERR`` / ``IPV6_RECVERR``, ``ip(7)``,
+``ipv6(7)``) are read from the socket's error queue and handed to ``on_error``
+as :class:`IcmpReport`: the original destination, the error, the MTU a Packet
+Too Big names, and the quoted start of the datagram (for validation, RFC 8899
+§4.6.1). With the option on, the kernel also reports such an error once through
+the next ``recv``/``send`` on the socket, whatever its peer; those calls drain
+the queue and carry on instead of failing.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import errno
 import socket
 import struct
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 SOL_UDP = 17
 UDP_SEGMENT = 103          # linux/udp.h
@@ -45,13 +53,48 @@ PMTUDISC_PROBE = 3         # IP_PMTUDISC_PROBE / IPV6_PMTUDISC_PROBE: DF set, th
 IP_MTU = 14                # linux/in.h: the route's MTU, on a connected socket
 IPV6_MTU = 24              # linux/in6.h
 MAX_UDP_PAYLOAD = 65507    # 65535 less the IPv4 (20) and UDP (8) headers
+IP_RECVERR = 11            # linux/in.h
+IPV6_RECVERR = 25          # linux/in6.h
+MSG_ERRQUEUE = 0x2000      # linux/socket.h
+SO_EE_ORIGIN_LOCAL = 1     # linux/errqueue.h: who reported the error
+SO_EE_ORIGIN_ICMP = 2
+SO_EE_ORIGIN_ICMP6 = 3
+ERRQUEUE_READS = 64        # error-queue entries read per drain
+QUOTE_BYTES = 512          # how much of a quoted datagram is kept
+# What the kernel makes of ICMP errors (icmp_err_convert, icmpv6_err_convert): an
+# errno from this set on recv/send may be a queued report, not this call's failure.
+ICMP_ERRNOS = frozenset({errno.EMSGSIZE, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                         errno.EHOSTDOWN, errno.ENONET, errno.ENOPROTOOPT, errno.EOPNOTSUPP,
+                         errno.EPROTO, errno.EACCES})
 
 _U16 = struct.Struct("=H")
 _INT = struct.Struct("=i")
 _CMSG_SPACE = socket.CMSG_SPACE(_INT.size)
+_EE = struct.Struct("=IBBBBII")   # struct sock_extended_err (linux/errqueue.h)
+_ERR_CMSG_SPACE = socket.CMSG_SPACE(_EE.size + 28)   # the error and the offender's sockaddr
 
 Address = Any              # whatever the socket family uses: (host, port) or (host, port, flow, scope)
 Handler = Callable[[memoryview, Address], None]
+
+
+class IcmpReport(NamedTuple):
+    """One entry of the socket's error queue (``ip(7)`` IP_RECVERR)."""
+
+    errno: int            # what the kernel made of it (EMSGSIZE for Packet Too Big)
+    origin: int           # SO_EE_ORIGIN_ICMP, _ICMP6 or _LOCAL
+    type: int             # ICMP type and code
+    code: int
+    info: int             # for EMSGSIZE: the MTU (IP packet bytes) the reporter names
+    dest: Address         # where the datagram the error is about was going
+    quoted: bytes         # the start of that datagram's UDP payload, as quoted
+
+    @property
+    def packet_too_big(self) -> int | None:
+        """The next-hop MTU of an ICMP Packet Too Big / Fragmentation Needed, else None."""
+        if self.errno == errno.EMSGSIZE and self.origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6) \
+                and self.info > 0:
+            return self.info
+        return None
 
 
 class UdpSocket:
@@ -68,6 +111,7 @@ class UdpSocket:
         self._view = memoryview(self._buf)
         self.pending: deque[tuple[bytes, Address]] = deque()
         self.on_blocked: Callable[[], None] | None = None   # set by the runtime: watch for writability
+        self.on_error: Callable[[IcmpReport], None] | None = None   # error-queue entries
         # counters
         self.datagrams_in = 0
         self.datagrams_out = 0
@@ -76,7 +120,9 @@ class UdpSocket:
         self.recv_calls = 0
         self.send_calls = 0
         self.send_drops = 0
+        self.icmp_in = 0
         self.df = _set_dont_fragment(sock)
+        self.recverr = _enable_recverr(sock)
         _grow_buffers(sock)
 
     # -------------------------------------------------------------- set-up
@@ -135,8 +181,10 @@ class UdpSocket:
         """Read until the socket is empty or ``max_calls`` reads were made.
 
         Calls ``handler(datagram, address)`` for each datagram (GRO buffers are
-        cut at the segment size). Returns the number of datagrams. Errors other
-        than "would block" (e.g. ECONNREFUSED on a connected socket) propagate.
+        cut at the segment size). Returns the number of datagrams. A wakeup with
+        nothing to read, or an ICMP error reported through the read, drains the
+        error queue. Other errors (and, with no error queue, ECONNREFUSED and the
+        like on a connected socket) propagate.
         """
         sock, buf, view = self.sock, self._buf, self._view
         count = 0
@@ -146,7 +194,13 @@ class UdpSocket:
                 try:
                     n, anc, _flags, addr = recvmsg_into((buf,), _CMSG_SPACE)
                 except (BlockingIOError, InterruptedError):
+                    if not count and self.recverr:
+                        self.drain_errors()
                     break
+                except OSError as exc:
+                    if not self._reported(exc):
+                        raise
+                    continue
                 self.recv_calls += 1
                 self.bytes_in += n
                 seg = 0
@@ -166,13 +220,53 @@ class UdpSocket:
                 try:
                     n, addr = recvfrom_into(buf)
                 except (BlockingIOError, InterruptedError):
+                    if not count and self.recverr:
+                        self.drain_errors()
                     break
+                except OSError as exc:
+                    if not self._reported(exc):
+                        raise
+                    continue
                 self.recv_calls += 1
                 self.bytes_in += n
                 handler(view[:n], addr)
                 count += 1
         self.datagrams_in += count
         return count
+
+    def _reported(self, exc: OSError, sending: bool = False) -> bool:
+        """A recv or send failed with ``exc``: True when it is an ICMP error the error
+        queue reports (drained now, the call may go on), False when it is the call's own.
+        A read never fails with these for its own sake; a send may (EMSGSIZE for a datagram
+        too big for the interface), so for a send the queue must hold an ICMP entry."""
+        if exc.errno not in ICMP_ERRNOS:
+            return False
+        if self.recverr:
+            return self.drain_errors() > 0 or not sending
+        # No error queue: only a connected socket hears of ICMP errors. A Packet Too Big
+        # is left to path-MTU discovery; the rest (ECONNREFUSED ...) end the peer.
+        return exc.errno == errno.EMSGSIZE
+
+    def drain_errors(self) -> int:
+        """Read the error queue, handing each entry to ``on_error``; the number of ICMP ones."""
+        icmp = 0
+        recvmsg = self.sock.recvmsg
+        for _ in range(ERRQUEUE_READS):
+            try:
+                data, anc, _flags, addr = recvmsg(QUOTE_BYTES, _ERR_CMSG_SPACE, MSG_ERRQUEUE)
+            except OSError:          # empty (EAGAIN), or nothing of the kind on this system
+                break
+            for level, kind, raw in anc:
+                if (level, kind) not in ((socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)) \
+                        or len(raw) < _EE.size:
+                    continue
+                err, origin, icmp_type, code, _pad, info, _data = _EE.unpack_from(raw)
+                if origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6):
+                    icmp += 1
+                    self.icmp_in += 1
+                if self.on_error is not None:
+                    self.on_error(IcmpReport(err, origin, icmp_type, code, info, addr, data))
+        return icmp
 
     # ---------------------------------------------------------------- send
     def send(self, datagrams: list[tuple[bytes, Address]]) -> None:
@@ -187,6 +281,7 @@ class UdpSocket:
             return
         n = len(datagrams)
         i = 0
+        retried = -1
         gso = self.gso
         while i < n:
             data, addr = datagrams[i]
@@ -210,6 +305,9 @@ class UdpSocket:
                 self._queue(datagrams, i)
                 return
             except OSError as exc:
+                if retried != i and self._reported(exc, sending=True):
+                    retried = i                # an earlier datagram's ICMP error: send this again
+                    continue
                 if j - i > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                     self.gso = gso = False     # refused by the kernel or device: plain sends from now on
                     continue
@@ -227,14 +325,18 @@ class UdpSocket:
         A probe that would block, or that any other error stops, counts as sent
         (the probe timer declares it lost): it must not wait behind a queue.
         """
-        try:
-            self._send_one(data, addr)
-        except (BlockingIOError, InterruptedError):
-            self.send_drops += 1
-        except OSError as exc:
-            self.send_drops += 1
-            if exc.errno == errno.EMSGSIZE:
-                return False
+        for attempt in range(2):
+            try:
+                self._send_one(data, addr)
+            except (BlockingIOError, InterruptedError):
+                self.send_drops += 1
+            except OSError as exc:
+                if attempt == 0 and self._reported(exc, sending=True):
+                    continue                   # an earlier datagram's ICMP error: try again
+                self.send_drops += 1
+                if exc.errno == errno.EMSGSIZE:
+                    return False
+            break
         return True
 
     def _send_one(self, data: bytes, addr: Address) -> None:
@@ -306,6 +408,21 @@ def _set_dont_fragment(sock: socket.socket) -> bool:
     for level, opt in levels:
         try:
             sock.setsockopt(level, opt, PMTUDISC_PROBE)
+            ok = True
+        except OSError:
+            pass
+    return ok
+
+
+def _enable_recverr(sock: socket.socket) -> bool:
+    """Queue ICMP errors about sent datagrams (both families on a dual-stack socket)."""
+    levels = [(socket.IPPROTO_IP, IP_RECVERR)]
+    if sock.family == socket.AF_INET6:
+        levels.insert(0, (socket.IPPROTO_IPV6, IPV6_RECVERR))
+    ok = False
+    for level, opt in levels:
+        try:
+            sock.setsockopt(level, opt, 1)
             ok = True
         except OSError:
             pass
