@@ -485,8 +485,8 @@ def test_set_mss_changes_the_segment_size_mid_connection():
 
 def test_pacer_keeps_what_accrued_after_a_late_wake_up_but_not_after_idle():
     """A timer that fires late must not lower the paced rate: what accrued after the
-    release time is kept (up to one more quantum); an idle sender gets one quantum."""
-    from toucli.stack.pacer import Pacer
+    release time is kept (up to LATE_CREDIT more quanta); an idle sender gets one quantum."""
+    from toucli.stack.pacer import LATE_CREDIT, Pacer
 
     p = Pacer()
     rate, mss = 10e6, 1000                         # 10 MB/s: quantum = 1 ms = 10 000 bytes
@@ -499,8 +499,18 @@ def test_pacer_keeps_what_accrued_after_a_late_wake_up_but_not_after_idle():
     assert p.tokens == pytest.approx(14_000)
     p.consume(14_000)
     due = p.release_time(due + 0.0004)
-    p.refill(due + 0.1, rate, mss)                 # very late: one extra quantum at most
-    assert p.tokens == pytest.approx(20_000)
-    p.consume(20_000)
+    p.refill(due + 0.005, rate, mss)               # 5 ms late: all of it
+    assert p.tokens == pytest.approx(60_000)
+    p.consume(60_000)
+    due = p.release_time(due + 0.005)
+    p.refill(due + 0.1, rate, mss)                 # very late: LATE_CREDIT extra quanta at most
+    assert LATE_CREDIT == 8 and p.tokens == pytest.approx(90_000)
+    p.consume(90_000)
     p.refill(5.0, rate, mss)                       # idle for seconds, no release pending
     assert p.tokens == pytest.approx(10_000)
+    fast = Pacer()                                 # 1 GB/s: the quantum at its cap (44 segments)
+    fast.refill(0.0, 1e9, 16_000)
+    fast.consume(int(fast.tokens))
+    due = fast.release_time(0.0)
+    fast.refill(due + 0.1, 1e9, 16_000)
+    assert fast.tokens == pytest.approx(2 * fast.quantum)    # one quantum of credit, as before
