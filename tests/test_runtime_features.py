@@ -837,12 +837,15 @@ def _window_after_reading(amounts: tuple[int, ...]) -> int:
 
 
 def test_receive_window_keeps_ahead_of_a_doubling_sender() -> None:
-    """Dynamic right-sizing (as Linux's tcp_rcv_space_adjust): per RTT the window is twice
-    what the application read, plus the growth of that amount, so a sender doubling its
-    rate per round trip is not held by the window."""
+    """Dynamic right-sizing (as Linux's tcp_rcv_space_adjust): per RTT the window is three
+    times what the application read, plus the growth of that amount, so a sender doubling
+    its rate per round trip is not held by the window."""
     space = _window_after_reading((100_000, 200_000))
-    # 2 x 200 kB + 16 segments, grown in proportion to the growth: about 0.85 MB (the old rule: 0.4 MB)
-    assert space > 800_000, space
+    # The first round trip read 100 kB against a start of one initial window (14 kB):
+    # want = 3 x 100 kB + 16 x 1400, grown by 2 x want x 86/14: 4.28 MB. The second
+    # (200 kB, doubling) asks for less, and the window never shrinks.
+    want = 3 * 100_000 + 16 * 1400
+    assert space == want + 2 * want * 86_000 // 14_000 == 4_283_314, space
 
 
 def test_receive_window_grows_from_the_first_round_trips() -> None:

@@ -1597,10 +1597,15 @@ class Connection:
     def _autotune(self, now: float) -> None:
         """Grow the offered window with the application's reading rate (dynamic right-sizing).
 
-        Per RTT: twice what the application read, so the sender is never held by
-        the window; and while that amount grows (the sender is in slow start or
-        BBR's start-up), in proportion to its growth, so the window keeps ahead
-        of a sender that doubles per round trip (as Linux's tcp_rcv_space_adjust).
+        Per RTT: three times what the application read, so the sender is never
+        held by the window; and while that amount grows (the sender is in slow
+        start or BBR's start-up), in proportion to its growth, so the window keeps
+        ahead of a sender that doubles per round trip (as Linux's
+        tcp_rcv_space_adjust, which uses twice). Three, not two: BBR keeps up to
+        two BDPs in flight (cwnd gain 2), and a lost segment holds the window's
+        left edge for a round trip while data above it keeps arriving. With two,
+        the emulated 100 ms / 2 % path was window-limited in start-up; three
+        measured +1.1 Mbit/s there (interleaved pairs, 6 of 6).
         """
         rtt = self.rtt.srtt or self.rcv_rtt or 0.05
         if now - self._tune_start < max(rtt, 0.001):
@@ -1615,7 +1620,7 @@ class Connection:
         cap = self.config.recv_buffer
         if self.rcv_space >= cap:
             return
-        want = 2 * copied + 16 * self.eff_mss
+        want = 3 * copied + 16 * self.eff_mss
         if last > 0:
             want += 2 * want * (copied - last) // last
         if want > self.rcv_space:
