@@ -27,12 +27,14 @@ _SKIP = linuxnet.unavailable_reason()
 pytestmark = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
 
 A_ADDR, B_ADDR = "10.89.1.1", "10.89.2.2"
+A_ADDR6, B_ADDR6 = "fd00:89:1::1", "fd00:89:2::2"
 PORT = 9000
 SECRET = "icmp-test-secret-0123456789abcdefghijklmnopqrstuvw"
 
 
 class RoutedPath:
-    """A (10.89.1.1) -- R -- B (10.89.2.2); the R-B link has MTU ``mtu``. Nothing leaves it."""
+    """A (10.89.1.1, fd00:89:1::1) -- R -- B (10.89.2.2, fd00:89:2::2); the R-B link has
+    MTU ``mtu``. Nothing leaves it."""
 
     def __init__(self, mtu: int) -> None:
         tag = f"{os.getpid() % 100000}"
@@ -43,19 +45,24 @@ class RoutedPath:
                 self._ip("netns", "add", ns)
                 self.made.append(ns)
                 self._ip("-n", ns, "link", "set", "lo", "up")
-            for host, side, addr, router_addr, link_mtu in ((self.a, "a", A_ADDR, "10.89.1.254", 1500),
-                                                           (self.b, "b", B_ADDR, "10.89.2.254", mtu)):
+                for key in ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"):
+                    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", key],   # addresses usable at once
+                                   capture_output=True, timeout=10)
+            for host, side, net, addr, addr6, link_mtu in ((self.a, "a", 1, A_ADDR, A_ADDR6, 1500),
+                                                          (self.b, "b", 2, B_ADDR, B_ADDR6, mtu)):
                 dev, rdev = f"ti{tag}{side}", f"ti{tag}r{side}"
                 self._ip("link", "add", dev, "type", "veth", "peer", "name", rdev)
                 self._ip("link", "set", dev, "netns", host)
                 self._ip("link", "set", rdev, "netns", self.r)
-                self._ip("-n", host, "addr", "add", f"{addr}/24", "dev", dev)
-                self._ip("-n", host, "link", "set", dev, "mtu", str(link_mtu), "up")
-                self._ip("-n", self.r, "addr", "add", f"{router_addr}/24", "dev", rdev)
-                self._ip("-n", self.r, "link", "set", rdev, "mtu", str(link_mtu), "up")
-                self._ip("-n", host, "route", "add", "default", "via", router_addr)
-            subprocess.run(["ip", "netns", "exec", self.r, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
-                           check=True, capture_output=True, timeout=10)
+                for ns, d, a4, a6 in ((host, dev, addr, addr6), (self.r, rdev, f"10.89.{net}.254", f"fd00:89:{net}::fe")):
+                    self._ip("-n", ns, "addr", "add", f"{a4}/24", "dev", d)
+                    self._ip("-n", ns, "addr", "add", f"{a6}/64", "dev", d)
+                    self._ip("-n", ns, "link", "set", d, "mtu", str(link_mtu), "up")
+                self._ip("-n", host, "route", "add", "default", "via", f"10.89.{net}.254")
+                self._ip("-n", host, "-6", "route", "add", "default", "via", f"fd00:89:{net}::fe")
+            for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+                subprocess.run(["ip", "netns", "exec", self.r, "sysctl", "-qw", key],
+                               check=True, capture_output=True, timeout=10)
         except BaseException:
             self.close()
             raise
@@ -81,24 +88,26 @@ class RoutedPath:
 ENV_NS = dict(ENV, PYTHONPATH=str(ROOT))   # this checkout, from any directory
 
 
-@pytest.mark.parametrize("secure", [True, False], ids=["dtls", "cleartext"])
-def test_packet_too_big_sets_the_path_mtu_and_data_survives(tmp_path, secure: bool) -> None:
-    """The first probe (1472-byte datagrams) meets a 1400-byte link: the router's ICMP
-    Fragmentation Needed is validated and taken, the next probe is exactly 1372 bytes
-    and confirms it, well before a probe timer (1 s) could have; no error reaches the
-    user; every byte arrives."""
+@pytest.mark.parametrize("secure,ipv6", [(True, False), (False, False), (True, True)],
+                         ids=["dtls", "cleartext", "dtls-ipv6"])
+def test_packet_too_big_sets_the_path_mtu_and_data_survives(tmp_path, secure: bool, ipv6: bool) -> None:
+    """The first probe (1472-byte datagrams; 1452 over IPv6) meets a 1400-byte link: the
+    router's ICMP Fragmentation Needed (ICMPv6 Packet Too Big) is validated and taken,
+    the next probe is exactly 1372 bytes (1352) and confirms it, well before a probe
+    timer (1 s) could have; no error reaches the user; every byte arrives."""
     data = os.urandom(3_000_000)
     env = dict(ENV_NS, TOU_SECRET=SECRET) if secure else ENV_NS
     flags = [] if secure else ["--insecure"]
     stats = tmp_path / "c.json"
     received = tmp_path / "received"
     with RoutedPath(1400) as net, received.open("wb") as sink:
-        lis = subprocess.Popen(["ip", "netns", "exec", net.b, *TOU, "listen", *flags, B_ADDR, str(PORT)],
+        where = B_ADDR6 if ipv6 else B_ADDR
+        lis = subprocess.Popen(["ip", "netns", "exec", net.b, *TOU, "listen", *flags, where, str(PORT)],
                                stdout=sink, stderr=subprocess.PIPE, env=env)
         try:
             time.sleep(0.5)
             con = subprocess.run(["ip", "netns", "exec", net.a, *TOU, "connect", *flags, "-w", "10",
-                                  "--stats-json", str(stats), "--stats-interval", "0.05", B_ADDR, str(PORT)],
+                                  "--stats-json", str(stats), "--stats-interval", "0.05", where, str(PORT)],
                                  input=data, capture_output=True, timeout=60, env=env)
             _, lerr = lis.communicate(timeout=30)
         finally:
