@@ -97,6 +97,28 @@ def test_startup_until_bandwidth_stops_growing_then_drain_then_probe_bw():
     assert b.cycle_index != 1 and b.pacing_gain == PACING_GAIN_CYCLE[b.cycle_index]
 
 
+def test_a_standing_queue_is_an_rtt_a_quarter_above_rtprop():
+    """What the pacer asks before catching up after a late timer (toucli/stack/pacer.py)."""
+    b = Bbr(MSS, 0.0, 10 * MSS)
+    f = Feed(b)
+    assert not b.queue_standing()                  # no sample yet
+    f.ack(rate=900e3, rtt=0.100)
+    assert not b.queue_standing()
+    f.ack(rate=900e3, rtt=0.124)                   # 24 ms of queue: under a quarter of 100 ms
+    assert not b.queue_standing()
+    f.ack(rate=900e3, rtt=0.126)
+    assert b.queue_standing() and b.rtprop == 0.100
+    f.ack(rate=900e3, rtt=0.101)                   # the queue drained
+    assert not b.queue_standing()
+    s = Bbr(MSS, 0.0, 10 * MSS)                    # a short path: at least 2 ms
+    g = Feed(s)
+    g.ack(rate=900e3, rtt=0.004)
+    g.ack(rate=900e3, rtt=0.0055)
+    assert not s.queue_standing()
+    g.ack(rate=900e3, rtt=0.0065)
+    assert s.queue_standing()
+
+
 def test_first_probe_bw_phase_is_never_the_draining_one():
     seen = set()
     for seed in range(60):

@@ -485,7 +485,8 @@ def test_set_mss_changes_the_segment_size_mid_connection():
 
 def test_pacer_keeps_what_accrued_after_a_late_wake_up_but_not_after_idle():
     """A timer that fires late must not lower the paced rate: what accrued after the
-    release time is kept (up to LATE_CREDIT more quanta); an idle sender gets one quantum."""
+    release time is kept (up to LATE_CREDIT more quanta, one when the sender sees a standing
+    queue); an idle sender gets one quantum."""
     from toucli.stack.pacer import LATE_CREDIT, Pacer
 
     p = Pacer()
@@ -502,6 +503,10 @@ def test_pacer_keeps_what_accrued_after_a_late_wake_up_but_not_after_idle():
     p.refill(due + 0.005, rate, mss)               # 5 ms late: all of it
     assert p.tokens == pytest.approx(60_000)
     p.consume(60_000)
+    due = p.release_time(due + 0.005)
+    p.refill(due + 0.005, rate, mss, queued=True)  # 5 ms late with a standing queue: one quantum
+    assert p.tokens == pytest.approx(20_000)
+    p.consume(20_000)
     due = p.release_time(due + 0.005)
     p.refill(due + 0.1, rate, mss)                 # very late: LATE_CREDIT extra quanta at most
     assert LATE_CREDIT == 8 and p.tokens == pytest.approx(90_000)

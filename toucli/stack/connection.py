@@ -1834,7 +1834,7 @@ class Connection:
         rate = self.pacing_rate() if self._pacing else 0.0
         pacer = self.pacer if rate > 0.0 else None
         if pacer is not None:
-            pacer.refill(now, rate, mss)
+            pacer.refill(now, rate, mss, self.cc.queue_standing())
         lost = self.lost
         while True:
             room = cwnd - pipe

@@ -18,7 +18,10 @@ An event loop's timers do come late: on an emulated 100 Mbit/s path, by 0.3 ms a
 the median, 1.4 ms at the 90th percentile and 4-6 ms at the 99th. Without credit
 the paced rate fell by a fifth to a third. With one quantum of credit, 3.7 % of
 what the rate allowed was lost, and with BBR pacing at the bottleneck's rate the
-link went idle by as much. The credit is bounded in bytes too
+link went idle by as much. When the sender sees a standing queue (``queued``) the
+credit stays one quantum: the queue kept the link busy, and catching up only
+overflowed it (on the emulated 20 ms path, 5 % retransmitted at 1 % loss instead
+of 2 %). The credit is bounded in bytes too
 (``LATE_CREDIT_BYTES``): at Gbit/s rates eight quanta would be megabytes at once,
 more than a receiver's socket buffer takes, so there it stays about one quantum.
 A sender that was idle starts with one quantum, so an interactive write goes out
@@ -46,8 +49,12 @@ class Pacer:
         self.stamp: float | None = None
         self.due: float | None = None   # the release time last handed out by release_time()
 
-    def refill(self, now: float, rate: float, mss: int) -> None:
-        """Set the rate and add what accrued since the last call (up to one quantum)."""
+    def refill(self, now: float, rate: float, mss: int, queued: bool = False) -> None:
+        """Set the rate and add what accrued since the last call (up to one quantum).
+
+        ``queued``: the sender sees a standing queue at the bottleneck (BBR: its RTT
+        samples are above RTprop). The queue kept the link busy while the timer was
+        late, so catching up would only overflow it: the credit is one quantum."""
         q = rate * QUANTUM_TIME
         lo = MIN_SEGMENTS * mss
         hi = MAX_SEGMENTS * mss
@@ -65,6 +72,8 @@ class Pacer:
                 credit = LATE_CREDIT * q
                 if credit > LATE_CREDIT_BYTES:
                     credit = q if q > LATE_CREDIT_BYTES else LATE_CREDIT_BYTES
+                if queued and credit > q:
+                    credit = q
                 cap += credit if late > credit else late
             self.tokens = cap if t > cap else t
         self.due = None

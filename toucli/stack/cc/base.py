@@ -73,6 +73,11 @@ class CongestionControl:
     pacing_rate = 0.0
     want_app_limited = False
 
+    def queue_standing(self) -> bool:
+        """True when the controller's model shows a standing queue at the bottleneck
+        (BBR); the pacer then catches up less after a late timer. Loss-based: never."""
+        return False
+
     def __init__(self, mss: int, now: float, initial_window: int | None = None) -> None:
         if mss <= 0:
             raise LocalError(f"mss must be positive, got {mss!r}")

@@ -64,6 +64,7 @@ MIN_PIPE_CWND_SEGMENTS = 4                 # §4.2.3.3
 FULL_BW_THRESH = 1.25                      # §4.3.2.2
 FULL_BW_COUNT = 3
 PACING_MARGIN = 0.01                       # pace 1 % below the estimate (Linux bbr_pacing_margin_percent)
+QUEUE_RTT_FLOOR = 0.002                    # RTT above RTprop by this much (or a quarter of it) is a standing queue
 
 
 class WindowedMax:
@@ -117,6 +118,7 @@ class Bbr(CongestionControl):
         self.mode = STARTUP
         self.btl_bw_filter = WindowedMax(BTLBW_FILTER_LEN)
         self.rtprop: float | None = None
+        self.last_rtt = -1.0                  # the newest RTT sample (seconds; -1 before one)
         self.rtprop_stamp = now
         self.rtprop_expired = False
         self.round_count = 0
@@ -165,6 +167,13 @@ class Bbr(CongestionControl):
         if self.rtprop is None or self.btl_bw <= 0.0:
             return int(gain * self.initial_cwnd) if gain < 1.0 else self.initial_cwnd
         return int(gain * self.btl_bw * self.rtprop)
+
+    def queue_standing(self) -> bool:
+        """The newest RTT sample is above RTprop by a quarter of it (at least 2 ms)."""
+        rtprop = self.rtprop
+        if rtprop is None or self.last_rtt < 0.0:
+            return False
+        return self.last_rtt > rtprop + max(rtprop / 4, QUEUE_RTT_FLOOR)
 
     def send_quantum(self) -> int:
         """The pacer's burst at the current rate (its quantum: about 1 ms, 4 to 44 segments)."""
@@ -217,6 +226,8 @@ class Bbr(CongestionControl):
     def _update_rtprop(self, rs: Any, now: float) -> None:
         """§4.1.2.3: min RTT over 10 s; an expired estimate takes the next sample."""
         self.rtprop_expired = now > self.rtprop_stamp + RTPROP_FILTER_LEN
+        if rs.rtt >= 0.0:
+            self.last_rtt = rs.rtt
         if rs.rtt >= 0.0 and (self.rtprop is None or rs.rtt <= self.rtprop or self.rtprop_expired):
             self.rtprop = rs.rtt
             self.rtprop_stamp = now
