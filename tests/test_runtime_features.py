@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from toucli import tunnel as tunnel_mod
+from toucli import udp as udp_mod
 from toucli.cli import main
 from toucli.stack.config import ConnectionConfig
 from toucli.stack.connection import State
@@ -21,7 +22,6 @@ from toucli.tunnel import (
     DEFAULT_CC, EXIT_USAGE, Channel, PlainTransport, SecureTransport, Tunnel, TunnelError, engine_config,
     mss_for,
 )
-from toucli import udp as udp_mod
 from toucli.udp import UdpSocket
 
 from securenet import secret

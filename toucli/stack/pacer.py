@@ -21,11 +21,10 @@ what the rate allowed was lost, and with BBR pacing at the bottleneck's rate the
 link went idle by as much. When the sender sees a standing queue (``queued``) the
 credit stays one quantum: the queue kept the link busy, and catching up only
 overflowed it (on the emulated 20 ms path, 5 % retransmitted at 1 % loss instead
-of 2 %). The credit is bounded in bytes too
-(``LATE_CREDIT_BYTES``): at Gbit/s rates eight quanta would be megabytes at once,
-more than a receiver's socket buffer takes, so there it stays about one quantum.
-A sender that was idle starts with one quantum, so an interactive write goes out
-at once.
+of 2 %). The credit is bounded in bytes too (``LATE_CREDIT_BYTES``): at Gbit/s
+rates eight quanta would be megabytes at once, more than a receiver's socket
+buffer takes, so there it stays about one quantum. A sender that was idle starts
+with one quantum, so an interactive write goes out at once.
 """
 
 from __future__ import annotations
@@ -50,7 +49,8 @@ class Pacer:
         self.due: float | None = None   # the release time last handed out by release_time()
 
     def refill(self, now: float, rate: float, mss: int, queued: bool = False) -> None:
-        """Set the rate and add what accrued since the last call (up to one quantum).
+        """Set the rate and add what accrued since the last call (up to one quantum,
+        more after a late wake-up).
 
         ``queued``: the sender sees a standing queue at the bottleneck (BBR: its RTT
         samples are above RTprop). The queue kept the link busy while the timer was

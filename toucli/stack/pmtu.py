@@ -13,9 +13,10 @@ A black hole (repeated loss of full-sized datagrams while the path otherwise
 works, §4.3/§5.2) sends the machine back to BASE with ``plpmtu = base``.
 
 Search (§5.3): first the largest candidate (``max_plpmtu``, the local interface's
-limit, which most paths carry, or the size a Packet Too Big message named, §4.6.2), then the common sizes of ``common`` (a search table
-as RFC 4821 §7.7 suggests: jumbo and Ethernet frames, so a path from a large-MTU
-interface across an Ethernet link settles in a few probes), then a binary search
+limit, which most paths carry, or the size a Packet Too Big message named,
+§4.6.2), then the common sizes of ``common`` (a search table as RFC 4821 §7.7
+suggests: jumbo and Ethernet frames, so a path from a large-MTU interface across
+an Ethernet link settles in a few probes), then a binary search
 between the largest size acknowledged and the smallest size that failed, down to
 ``granularity`` bytes. A size fails after ``max_probes``
 (MAX_PROBES = 3, §5.1.2) unacknowledged probes. A probe is unacknowledged when the
