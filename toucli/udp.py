@@ -401,28 +401,24 @@ def _enable_gro(sock: socket.socket) -> bool:
 
 def _set_dont_fragment(sock: socket.socket) -> bool:
     """DF on every datagram (both families on a dual-stack socket); False where unsupported."""
-    levels = [(socket.IPPROTO_IP, IP_MTU_DISCOVER)]
-    if sock.family == socket.AF_INET6:
-        levels.insert(0, (socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER))
-    ok = False
-    for level, opt in levels:
-        try:
-            sock.setsockopt(level, opt, PMTUDISC_PROBE)
-            ok = True
-        except OSError:
-            pass
-    return ok
+    return _set_ip_option(sock, IP_MTU_DISCOVER, IPV6_MTU_DISCOVER, PMTUDISC_PROBE)
 
 
 def _enable_recverr(sock: socket.socket) -> bool:
     """Queue ICMP errors about sent datagrams (both families on a dual-stack socket)."""
-    levels = [(socket.IPPROTO_IP, IP_RECVERR)]
+    return _set_ip_option(sock, IP_RECVERR, IPV6_RECVERR, 1)
+
+
+def _set_ip_option(sock: socket.socket, v4: int, v6: int, value: int) -> bool:
+    """Set an IPv4 option, and on an IPv6 socket its IPv6 twin too (v4-mapped peers use
+    the first); True when at least one took."""
+    levels = [(socket.IPPROTO_IP, v4)]
     if sock.family == socket.AF_INET6:
-        levels.insert(0, (socket.IPPROTO_IPV6, IPV6_RECVERR))
+        levels.insert(0, (socket.IPPROTO_IPV6, v6))
     ok = False
     for level, opt in levels:
         try:
-            sock.setsockopt(level, opt, 1)
+            sock.setsockopt(level, opt, value)
             ok = True
         except OSError:
             pass
