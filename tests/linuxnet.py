@@ -200,6 +200,13 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def run_ip(*args: str) -> None:
+    """``ip ARGS`` (iproute2); RuntimeError with its message when it fails."""
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    if r.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
 class Netns:
     """A network namespace holding the kernel end of a TUN link whose fd is ours.
 
@@ -234,11 +241,7 @@ class Netns:
             self.close()
             raise
 
-    @staticmethod
-    def _ip(*args: str) -> None:
-        r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-        if r.returncode != 0:
-            raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+    _ip = staticmethod(run_ip)
 
     def __enter__(self) -> "Netns":
         return self

@@ -67,11 +67,7 @@ class RoutedPath:
             self.close()
             raise
 
-    @staticmethod
-    def _ip(*args: str) -> None:
-        r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-        if r.returncode != 0:
-            raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+    _ip = staticmethod(linuxnet.run_ip)
 
     def close(self) -> None:
         for ns in self.made:                # deleting a namespace deletes its veth ends
