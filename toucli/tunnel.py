@@ -49,7 +49,7 @@ from toucli.stack.pmtu import BASE_PLPMTU_V4, BASE_PLPMTU_V6, Plpmtud, udp_paylo
 from toucli.stack.segment import Segment
 from toucli.stack.tcp import TcpDrop, decode_segment, encode_segment
 from toucli.stack.seq import MASK, seq_sub
-from toucli.udp import MAX_UDP_PAYLOAD, SO_EE_ORIGIN_ICMP6, SO_EE_ORIGIN_LOCAL, Address, IcmpReport, UdpSocket
+from toucli.udp import MAX_UDP_PAYLOAD, SO_EE_ORIGIN_ICMP6, Address, IcmpReport, UdpSocket
 
 STREAM_PORT = 1              # inner TCP port of the listen/connect byte stream (docs/PROTOCOL.md §9)
 BATCH_PER_CONNECTION = 16    # segments fed to one connection before its output is drained
@@ -66,6 +66,8 @@ PMTU_PROBE_TIMEOUT = 2.0     # a probe unanswered for the RTO, at most this long
 PMTU_PROBE_TIMER_MIN = 1.0   # ... and at least this long (RFC 8899 §5.1.1)
 QUOTE_SEQ_SLACK = 1 << 16    # a probe's bytes lie below SND.UNA, by less than this
 _QUOTED_TCP = struct.Struct("!HHI")   # source port, destination port, sequence number
+# ICMP port/host/network unreachable on a connected socket: the peer's channels fail.
+PEER_UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -687,13 +689,12 @@ class Tunnel:
             mtu = rep.packet_too_big
             if mtu is not None:
                 self._pmtu_ptb(rep, mtu, now)
-            elif self.usock.connected_to is not None and rep.origin != SO_EE_ORIGIN_LOCAL \
-                    and rep.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+            elif self.usock.connected_to is not None and rep.errno in PEER_UNREACHABLE:
                 self._udp_failed(OSError(rep.errno, os.strerror(rep.errno)))
 
     def _udp_failed(self, exc: OSError) -> None:
         """A socket error: ECONNREFUSED (ICMP port unreachable) fails the connected peer's channels."""
-        if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+        if exc.errno in PEER_UNREACHABLE:
             self.udp_error = exc
             where = format_address(self.usock.connected_to) if self.usock.connected_to else "peer"
             text = {errno.ECONNREFUSED: f"connection refused: nothing listens on UDP {where}"}.get(
