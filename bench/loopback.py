@@ -16,8 +16,10 @@ CPU seconds per GB = (user + system seconds of the counted processes, from
 (round-robin, so a noisy moment hits all of them); medians are printed.
 
 Round trips: ``tcp_peer.py pingpong`` (64 bytes, TCP_NODELAY, 100 warm-up
-round trips then ``-n``) against ``tcp_peer.py echo``: directly, through
-kcptun (default mode) and through ``tou forward -L`` (a warm session).
+round trips then ``-n``) against ``tcp_peer.py echo``: directly, through two bare
+relays (``relay_floor.py`` and ``relay_floor.c``: the layout's floor), through
+kcptun (default and tuned) and through ``tou forward -L`` (a warm session); the
+relays and tou once blocking in ``epoll_wait`` and once with ``--busy-poll``.
 
 ``--profile`` runs the tou bulk transfer once more with both tou processes
 under cProfile and prints the functions with the most own time.
@@ -201,12 +203,12 @@ def _pingpong(ps: Procs, port: int, n: int) -> dict[str, Any]:
     return res or {"error": "ping-pong failed: " + ps.stderr_tail(p)}
 
 
-def _relay_floor(ps: Procs, target: int, n: int, relay: list[str]) -> dict[str, Any]:
+def _relay_floor(ps: Procs, target: int, n: int, relay: list[str], extra: list[str]) -> dict[str, Any]:
     """Ping-pong through two relay processes (``relay_floor.py`` or ``relay_floor.c``):
     the layout's cost without tou's work."""
     su, cu, lport = free_port(kind=2), free_port(kind=2), free_port()
-    srv = ps.start("relay server", [*relay, "server", str(target), str(su), str(cu)], stdout=subprocess.PIPE)
-    cli = ps.start("relay client", [*relay, "client", str(lport), str(cu), str(su)], stdout=subprocess.PIPE)
+    srv = ps.start("relay server", [*relay, "server", str(target), str(su), str(cu), *extra], stdout=subprocess.PIPE)
+    cli = ps.start("relay client", [*relay, "client", str(lport), str(cu), str(su), *extra], stdout=subprocess.PIPE)
     for p in (srv, cli):
         if p.popen.stdout.readline().strip() != b"ready":
             return {"error": "relay did not start: " + ps.stderr_tail(p)}
@@ -216,51 +218,64 @@ def _relay_floor(ps: Procs, target: int, n: int, relay: list[str]) -> dict[str, 
     return res
 
 
+BUSY_POLL_US = 1000     # tou --busy-poll for the latency rows that use it: longer than a round trip
+
+
 def latency_suite(n: int = 1000, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Ping-pong medians: direct TCP, the relay floors (blocking and busy-polling),
+    kcptun and tou forward (default and ``--busy-poll``)."""
     out: dict[str, dict[str, Any]] = {}
+
+    def note(name: str, res: dict[str, Any]) -> None:
+        out[name] = res
+        log(f"  64-byte RTT {name}: {res}")
+
     with Procs() as ps:
         eport = free_port()
         echo = tcp_peer(ps, "--timeout", "600", "echo", str(eport))
         read_json_line(echo, 10)
-        out["direct TCP"] = _pingpong(ps, eport, n)
-        log(f"  64-byte RTT direct TCP: {out['direct TCP']}")
-        out["floor: two bare Python relays"] = _relay_floor(ps, eport, n, [PY, str(BENCH / "relay_floor.py")])
-        log(f"  64-byte RTT bare relays: {out['floor: two bare Python relays']}")
+        note("direct TCP", _pingpong(ps, eport, n))
+        py_relay = [PY, str(BENCH / "relay_floor.py")]
         compiler = shutil.which("cc") or shutil.which("gcc")
-        if compiler:
-            exe = Path(tempfile.mkdtemp(prefix="tou-relay-")) / "relay_floor"
-            built = subprocess.run([compiler, "-O2", "-o", str(exe), str(BENCH / "relay_floor.c")],
-                                   capture_output=True, text=True, timeout=60)
-            out["floor: two C relays"] = (_relay_floor(ps, eport, n, [str(exe)]) if built.returncode == 0
-                                          else {"error": "relay_floor.c did not build: " + built.stderr[-300:]})
-            shutil.rmtree(exe.parent, ignore_errors=True)
-        else:
-            out["floor: two C relays"] = {"error": "no C compiler"}
-        log(f"  64-byte RTT C relays: {out['floor: two C relays']}")
+        exe = Path(tempfile.mkdtemp(prefix="tou-relay-")) / "relay_floor"
+        built = (subprocess.run([compiler, "-O2", "-o", str(exe), str(BENCH / "relay_floor.c")],
+                                capture_output=True, text=True, timeout=60) if compiler else None)
+        for busy in (0, BUSY_POLL_US):
+            tail = f", busy-poll {busy} µs" if busy else ""
+            note(f"floor: two bare Python relays{tail}",
+                 _relay_floor(ps, eport, n, py_relay, ["--busy-poll", str(busy)]))
+            if built is None or built.returncode:
+                note(f"floor: two C relays{tail}", {"error": "no C compiler" if built is None else
+                                                    "relay_floor.c did not build: " + built.stderr[-300:]})
+            else:
+                note(f"floor: two C relays{tail}", _relay_floor(ps, eport, n, [str(exe)], [str(busy)]))
+        shutil.rmtree(exe.parent, ignore_errors=True)
         for mode in ("default", "tuned"):
             try:
                 kport, lport = free_port(kind=2), free_port()
                 kc, ks = kcptun(ps, mode, server_listen=f"127.0.0.1:{kport}", target=f"127.0.0.1:{eport}",
                                 client_listen=f"127.0.0.1:{lport}", remote=f"127.0.0.1:{kport}")
-                out[f"kcptun {mode}"] = _pingpong(ps, lport, n)
+                res = _pingpong(ps, lport, n)
                 ps.stop(kc)
                 ps.stop(ks)
             except Exception as exc:
-                out[f"kcptun {mode}"] = {"error": str(exc)}
-            log(f"  64-byte RTT kcptun {mode}: {out[f'kcptun {mode}']}")
-        try:
-            uport, lport = free_port(kind=2), free_port()
-            fc, fs = tou_forward(ps, serve=f"127.0.0.1:{uport}", local=f"{lport}:127.0.0.1:{eport}",
-                                 peer=f"127.0.0.1:{uport}")
-            cpu0 = fc.cpu_now() + fs.cpu_now()
-            res = out["tou forward (warm)"] = _pingpong(ps, lport, n)
-            if "median_us" in res:      # CPU (user + system) of both tou processes per round trip
-                res["cpu_us_per_rt"] = (fc.cpu_now() + fs.cpu_now() - cpu0) / (n + 100) * 1e6   # 100 warm-up
-            ps.stop(fc)
-            ps.stop(fs)
-        except Exception as exc:
-            out["tou forward (warm)"] = {"error": f"not available: {exc}"}
-        log(f"  64-byte RTT tou forward: {out['tou forward (warm)']}")
+                res = {"error": str(exc)}
+            note(f"kcptun {mode}", res)
+        for busy in (0, BUSY_POLL_US):
+            name = f"tou forward (warm, --busy-poll {busy})" if busy else "tou forward (warm)"
+            try:
+                uport, lport = free_port(kind=2), free_port()
+                fc, fs = tou_forward(ps, serve=f"127.0.0.1:{uport}", local=f"{lport}:127.0.0.1:{eport}",
+                                     peer=f"127.0.0.1:{uport}", extra=["--busy-poll", str(busy)])
+                cpu0 = fc.cpu_now() + fs.cpu_now()
+                res = _pingpong(ps, lport, n)
+                if "median_us" in res:      # CPU (user + system) of both tou processes per round trip
+                    res["cpu_us_per_rt"] = (fc.cpu_now() + fs.cpu_now() - cpu0) / (n + 100) * 1e6   # 100 warm-up
+                ps.stop(fc)
+                ps.stop(fs)
+            except Exception as exc:
+                res = {"error": f"not available: {exc}"}
+            note(name, res)
     return out
 
 

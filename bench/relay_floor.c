@@ -4,9 +4,11 @@
  * what the layout's syscalls and wake-ups cost before any tunnel work is done.
  *
  *   cc -O2 -o relay_floor relay_floor.c
- *   relay_floor server TARGET_PORT UDP_PORT PEER_UDP_PORT
- *   relay_floor client LISTEN_PORT UDP_PORT PEER_UDP_PORT
+ *   relay_floor server TARGET_PORT UDP_PORT PEER_UDP_PORT [BUSY_POLL_USEC]
+ *   relay_floor client LISTEN_PORT UDP_PORT PEER_UDP_PORT [BUSY_POLL_USEC]
  *
+ * BUSY_POLL_USEC > 0 polls that long after each message before blocking, as
+ * `tou --busy-poll` does.
  * Ends when its TCP connection does, or after 120 s without traffic.
  */
 #include <arpa/inet.h>
@@ -17,6 +19,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 static struct sockaddr_in loopback(int port) {
@@ -38,16 +41,23 @@ static int send_all(int fd, const char *p, size_t n) {
     return 0;
 }
 
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 static int fail(const char *what) {
     perror(what);
     return 1;
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5 || (strcmp(argv[1], "client") && strcmp(argv[1], "server"))) {
-        fprintf(stderr, "usage: %s client|server TCP_PORT UDP_PORT PEER_UDP_PORT\n", argv[0]);
+    if ((argc != 5 && argc != 6) || (strcmp(argv[1], "client") && strcmp(argv[1], "server"))) {
+        fprintf(stderr, "usage: %s client|server TCP_PORT UDP_PORT PEER_UDP_PORT [BUSY_POLL_USEC]\n", argv[0]);
         return 2;
     }
+    long long spin_ns = argc == 6 ? atoll(argv[5]) * 1000 : 0;
     int client = !strcmp(argv[1], "client"), one = 1;
     static char buf[65536];
     struct sockaddr_in a = loopback(atoi(argv[3]));
@@ -81,7 +91,10 @@ int main(int argc, char **argv) {
     epoll_ctl(ep, EPOLL_CTL_ADD, udp, &ev);
     for (;;) {
         struct epoll_event got[2];
-        int n = epoll_wait(ep, got, 2, 120000);
+        int n = epoll_wait(ep, got, 2, 0);
+        for (long long until = spin_ns ? now_ns() + spin_ns : 0; n == 0 && now_ns() < until;)
+            n = epoll_wait(ep, got, 2, 0);
+        if (n == 0) n = epoll_wait(ep, got, 2, 120000);
         if (n <= 0) return 0;
         for (int i = 0; i < n; i++) {
             ssize_t r;

@@ -11,7 +11,8 @@ is what any Python tunnel with this layout costs at least (``loopback.latency_su
     python bench/relay_floor.py client LISTEN_PORT UDP_PORT PEER_UDP_PORT
 
 It prints ``ready`` when set up and ends when its TCP connection does, or after
-``--timeout`` seconds.
+``--timeout`` seconds. ``--busy-poll USEC`` polls for up to USEC microseconds after
+each message before blocking, as ``tou --busy-poll`` does.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("udp_port", type=int)
     ap.add_argument("peer_udp_port", type=int)
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--busy-poll", type=int, default=0, metavar="USEC")
     a = ap.parse_args()
     end = time.monotonic() + a.timeout
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -54,8 +56,14 @@ def main() -> None:
     ep.register(tcp.fileno(), select.EPOLLIN)
     ep.register(udp.fileno(), select.EPOLLIN)
     tcp_fd = tcp.fileno()
+    spin = a.busy_poll / 1e6
     while time.monotonic() < end:
-        for fd, _ in ep.poll(1.0):
+        ready = ep.poll(0)
+        if spin:
+            until = time.monotonic() + spin
+            while not ready and time.monotonic() < until:
+                ready = ep.poll(0)
+        for fd, _ in ready or ep.poll(1.0):
             if fd == tcp_fd:
                 data = tcp.recv(65536)
                 if not data:

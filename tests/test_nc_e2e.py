@@ -111,6 +111,16 @@ def test_pipes_carry_binary_bytes_exactly(procs) -> None:
     assert out == data
 
 
+def test_busy_polling_ends_carry_the_bytes_and_the_reply(procs) -> None:
+    """--busy-poll changes when the processes sleep, not what they carry."""
+    data = os.urandom(300_000)
+    lst, port = listener(procs, "--busy-poll", "500", "-c", "sha256sum")
+    res = run("connect", "--insecure", "--busy-poll", "500", "127.0.0.1", str(port), input=data)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    assert lst.wait(timeout=20) == 0
+
+
 def test_half_close_gets_the_reply_after_eof(procs) -> None:
     # wc -c answers only once it has read EOF: the FIN must cross, the reply come back.
     lst, port = listener(procs, "-c", "wc -c")
@@ -194,6 +204,8 @@ def test_exec_on_the_connecting_side_sees_the_peer_address(procs) -> None:
     (["connect", "--insecure", "-w", "soon", "127.0.0.1", "9"], "not a duration"),
     (["connect", "--insecure", "-e", "cat", "-c", "cat", "127.0.0.1", "9"], "exclude each other"),
     (["connect", "--no-such-option", "127.0.0.1", "9"], "No such option"),
+    (["connect", "--insecure", "--busy-poll", "-5", "127.0.0.1", "9"], "--busy-poll"),
+    (["listen", "--insecure", "--busy-poll", "200000", "9"], "--busy-poll"),
 ])
 def test_usage_errors_exit_2(args, needle) -> None:
     res = run(*args, timeout=20)

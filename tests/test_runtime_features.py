@@ -62,9 +62,9 @@ def captured(monkeypatch):
         return seen["s"]
 
     monkeypatch.setattr(connect_mod, "settings_from", spy)
-    monkeypatch.setattr(connect_mod, "run", lambda *a, **k: 0)
-    monkeypatch.delenv("TOU_CC", raising=False)
-    monkeypatch.delenv("TOU_MTU", raising=False)
+    monkeypatch.setattr(connect_mod, "run", lambda *a, **k: seen.update(run=k) or 0)
+    for name in ("TOU_CC", "TOU_MTU", "TOU_BUSY_POLL"):
+        monkeypatch.delenv(name, raising=False)
     return seen
 
 
@@ -84,6 +84,18 @@ def test_cc_precedence_cli_env_config_default(captured, tmp_path) -> None:
     assert r.exit_code == 0 and captured["s"].cc == "bbr"
     r = _connect([], env={"XDG_CONFIG_HOME": str(tmp_path / "empty")})
     assert r.exit_code == 0 and captured["s"].cc is None and captured["s"].mtu is None
+
+
+def test_busy_poll_comes_from_the_config_or_environment_and_reaches_the_loop(captured, tmp_path) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text("[connect]\nbusy-poll = 250\n")
+    r = _connect(["--config", str(conf)])
+    assert r.exit_code == 0, r.output
+    assert captured["s"].busy_poll == 250 and captured["run"]["busy_poll"] == pytest.approx(250e-6)
+    r = _connect(["--config", str(conf)], env={"TOU_BUSY_POLL": "40"})
+    assert r.exit_code == 0 and captured["run"]["busy_poll"] == pytest.approx(40e-6)
+    r = _connect([], env={"XDG_CONFIG_HOME": str(tmp_path / "empty")})
+    assert r.exit_code == 0 and captured["run"]["busy_poll"] == 0.0
 
 
 @pytest.mark.parametrize("command", [["connect", "--insecure", "127.0.0.1", "9"],

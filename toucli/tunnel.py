@@ -39,6 +39,7 @@ import threading
 from dataclasses import replace
 from typing import Any, Awaitable, Callable, Hashable, Iterable, Protocol
 
+from toucli.busypoll import BusyPollSelector
 from toucli.stack.config import ConnectionConfig
 from toucli.stack.connection import Connection, State
 from toucli.stack.endpoint import Endpoint
@@ -1493,10 +1494,11 @@ async def work_or_signal(work: Awaitable[int], sig: Signals, tunnel: Tunnel) -> 
     return sig.stopping.result()
 
 
-def run(main: Callable[[Signals], Any], *, verbose: int = 0) -> int:
+def run(main: Callable[[Signals], Any], *, verbose: int = 0, busy_poll: float = 0.0) -> int:
     """Run ``main(signals)`` in a fresh event loop; return its exit status.
 
-    A :class:`TunnelError` becomes one line on stderr (a traceback too with ``-v``)
+    ``busy_poll`` > 0 (seconds) runs the loop on a :class:`~toucli.busypoll.BusyPollSelector`
+    with that window. A :class:`TunnelError` becomes one line on stderr (a traceback too with ``-v``)
     and its exit status; a second signal ends at once with the first signal's status.
     """
     async def runner() -> int:
@@ -1512,8 +1514,10 @@ def run(main: Callable[[Signals], Any], *, verbose: int = 0) -> int:
         finally:
             signals.remove()
 
+    factory = (lambda: asyncio.SelectorEventLoop(BusyPollSelector(busy_poll))) if busy_poll > 0 else None
     try:
-        return asyncio.run(runner())
+        with asyncio.Runner(loop_factory=factory) as runner_:
+            return runner_.run(runner())
     except TunnelError as exc:
         if verbose:
             import traceback

@@ -64,6 +64,9 @@ def transport_options(fn: Callable) -> Callable:
         opt("--mtu", type=MTU, metavar="N",
             help="Path MTU in bytes (IP packet size): fixes the segment size and turns path-MTU "
                  "discovery off (default: discover, up to the local interface's MTU)."),
+        opt("--busy-poll", type=click.IntRange(0, 100_000), default=0, metavar="USEC",
+            help="After traffic, poll the sockets for up to USEC microseconds before sleeping: lower "
+                 "latency for small messages, paid in CPU (default 0: off)."),
     ]
     for d in reversed(decorators):
         fn = d(fn)
@@ -141,6 +144,7 @@ class Settings:
     observe: ObserveOptions | None = None    # --stats, --stats-json, --name, --pcap
     cc: str | None = None                    # --cc (None: the runtime default, DEFAULT_CC)
     mtu: int | None = None                   # --mtu (None: path-MTU discovery)
+    busy_poll: int = 0                       # --busy-poll, microseconds (0: off)
 
     def info(self, message: str, level: int = 1) -> None:
         if self.verbose >= level and not self.quiet:
@@ -149,6 +153,10 @@ class Settings:
     def warn(self, message: str) -> None:
         if not self.quiet:
             click.echo(f"tou: warning: {message}", err=True)
+
+    def run(self, main: Callable[[Signals], Any]) -> int:
+        """Run the command's coroutine with this command line's runtime settings."""
+        return run(main, verbose=self.verbose, busy_poll=self.busy_poll / 1e6)
 
     @property
     def argv(self) -> list[str] | None:
@@ -173,7 +181,7 @@ def settings_from(ctx: click.Context) -> Settings:
                  linger=p.get("linger"), recv_only=bool(p.get("recv_only")), peer_key=p.get("peer_key"),
                  authorized_keys=p.get("authorized_keys"), secret_file=p.get("secret_file"),
                  key_file=p.get("key_file"), observe=ObserveOptions.from_params(p),
-                 cc=p.get("cc"), mtu=p.get("mtu"))
+                 cc=p.get("cc"), mtu=p.get("mtu"), busy_poll=p.get("busy_poll") or 0)
     if s.exec_ is not None:
         try:
             argv = shlex.split(s.exec_)
@@ -363,8 +371,8 @@ def connect(ctx: click.Context, host: str, port: int, **_: Any) -> None:
     s = settings_from(ctx)
     p = ctx.params
     transport = make_transport(s, server=False)
-    code = run(lambda sig: _connect(sig, s, transport, host, port, p.get("wait"), p.get("source"),
-                                    p.get("source_port")), verbose=s.verbose)
+    code = s.run(lambda sig: _connect(sig, s, transport, host, port, p.get("wait"), p.get("source"),
+                                      p.get("source_port")))
     finish(code)
 
 

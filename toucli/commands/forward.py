@@ -25,7 +25,7 @@ from toucli.forward import (
     SpecError, parse_dynamic, parse_endpoint, parse_local, parse_permit, parse_remote,
 )
 from toucli.tunnel import (
-    PlainTransport, Signals, Transport, Tunnel, TunnelError, engine_config, format_address, run,
+    PlainTransport, Signals, Transport, Tunnel, TunnelError, engine_config, format_address,
 )
 from toucli.udp import UdpSocket
 
@@ -116,8 +116,8 @@ def forward(ctx: click.Context, peer: str | None, **_: Any) -> None:
         if isinstance(transport, PlainTransport) and permits.any:
             s.warn("--insecure without --permit-open: anyone who can send to this port may connect anywhere "
                    "this host can reach")
-        code = run(lambda sig: _serve(sig, s, transport, addr, port, permits, bool(p.get("allow_remote_listen")),
-                                      wait), verbose=s.verbose)
+        code = s.run(lambda sig: _serve(sig, s, transport, addr, port, permits, bool(p.get("allow_remote_listen")),
+                                        wait))
         finish(code)
     if peer is None:
         raise click.UsageError("PEER (HOST:PORT of the tou server) is required, or --serve [ADDR:]PORT")
@@ -130,8 +130,8 @@ def forward(ctx: click.Context, peer: str | None, **_: Any) -> None:
     except SpecError as exc:
         raise click.BadParameter(str(exc), ctx, param_hint="PEER") from None
     transport = make_transport(s, server=False)
-    code = run(lambda sig: _client(sig, s, transport, host or "", port, local, remote, dynamic, wait,
-                                   bool(p.get("gateway_ports"))), verbose=s.verbose)
+    code = s.run(lambda sig: _client(sig, s, transport, host or "", port, local, remote, dynamic, wait,
+                                     bool(p.get("gateway_ports"))))
     finish(code)
 
 

@@ -21,7 +21,7 @@ from toucli.commands.connect import (
 from toucli.commands.stats import ObserveOptions, Observer, observe_options
 from toucli.tunnel import (
     EXIT_FAILURE, EXIT_OK, Channel, FdStream, Signals, Transport, Tunnel, TunnelError, engine_config,
-    format_address, run, work_or_signal,
+    format_address, work_or_signal,
 )
 from toucli.session import REASON_UNKNOWN_CLIENT, AuthenticationFailed
 from toucli.udp import UdpSocket
@@ -56,7 +56,7 @@ def listen(ctx: click.Context, args: tuple[str, ...], **_: Any) -> None:
     transport = make_transport(s, server=True)
     keep = bool(ctx.params.get("keep_open"))
     max_conns = ctx.params.get("max_conns") or 100
-    code = run(lambda sig: _listen(sig, s, transport, addr, port, keep, max_conns), verbose=s.verbose)
+    code = s.run(lambda sig: _listen(sig, s, transport, addr, port, keep, max_conns))
     finish(code)
 
 

@@ -1,0 +1,87 @@
+"""BusyPollSelector: spins only after activity, catches what arrives while spinning,
+never outlasts the loop's timeout, and sleeps at once once the tunnel is quiet."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+import time
+
+import pytest
+
+from toucli.busypoll import MAX_WINDOW, BusyPollSelector
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    sel = BusyPollSelector(0.02)
+    sel.register(b, selectors.EVENT_READ)
+    yield a, b, sel
+    sel.close()
+    a.close()
+    b.close()
+
+
+def _activity(a: socket.socket, b: socket.socket, sel: BusyPollSelector) -> None:
+    """One message through: the selector has now seen traffic."""
+    a.send(b"x")
+    assert sel.select(1.0)
+    b.recv(16)
+
+
+@pytest.mark.parametrize("window", [0.0, -1.0, MAX_WINDOW * 2])
+def test_window_out_of_range_is_refused(window) -> None:
+    with pytest.raises(ValueError, match="busy-poll window"):
+        BusyPollSelector(window)
+
+
+def test_a_quiet_selector_sleeps_without_spinning(pair) -> None:
+    a, b, sel = pair
+    cpu0, t0 = time.process_time(), time.monotonic()
+    assert sel.select(0.1) == []
+    assert time.monotonic() - t0 >= 0.09
+    assert sel.spun == 0.0 and time.process_time() - cpu0 < 0.05
+
+
+def test_after_traffic_it_spins_for_the_window_then_sleeps_and_stops_spinning(pair) -> None:
+    a, b, sel = pair
+    _activity(a, b, sel)
+    assert sel.active
+    t0 = time.monotonic()
+    assert sel.select(0.1) == []
+    elapsed = time.monotonic() - t0
+    assert 0.09 <= elapsed < 0.2                      # the loop's timeout holds, spin included
+    assert 0.02 <= sel.spun < 0.1                     # spun for the 20 ms window, not the whole wait
+    assert not sel.active                             # that wait timed out: the tunnel is quiet
+    spun = sel.spun
+    assert sel.select(0.05) == [] and sel.spun == spun
+
+
+def test_what_arrives_during_the_spin_is_returned_without_sleeping(pair) -> None:
+    a, b, sel = pair
+    sel.window = 0.5
+    _activity(a, b, sel)
+    timer = threading.Timer(0.01, lambda: a.send(b"y"))
+    timer.start()
+    t0 = time.monotonic()
+    ready = sel.select(5.0)
+    timer.join()
+    assert [key.fileobj for key, _ in ready] == [b]
+    assert time.monotonic() - t0 < 0.4 and sel.caught == 1 and sel.active
+
+
+def test_a_timeout_shorter_than_the_window_bounds_the_spin(pair) -> None:
+    a, b, sel = pair
+    sel.window = 0.5
+    _activity(a, b, sel)
+    t0 = time.monotonic()
+    assert sel.select(0.01) == []
+    assert time.monotonic() - t0 < 0.2
+
+
+def test_a_zero_timeout_look_neither_spins_nor_forgets_the_activity(pair) -> None:
+    a, b, sel = pair
+    _activity(a, b, sel)
+    assert sel.select(0) == [] and sel.spun == 0.0 and sel.active
