@@ -243,3 +243,23 @@ def test_held_syn_leaves_on_release_and_is_timed_from_then():
     assert conn.state == State.ESTABLISHED and abs(conn.stats()["srtt"] - 0.25) < 1e-9
     sent = b"".join(s.payload for p, s in ep.segments_to_send(12.25) if p == "P")
     assert sent == b"early"
+
+
+def test_events_may_be_taken_before_output_without_losing_the_rst_of_an_abort():
+    """Sans-I/O contract: draining events first (which forgets a closed connection)
+    must not drop the segments that connection still had queued."""
+    ep = Endpoint(test_config(), SECRET)
+    conn = ep.connect("p", 40000, 80, 0.0)
+    [(_, syn)] = ep.segments_to_send(0.0)
+    ep.receive("p", Segment(80, 40000, 5000, (syn.seq + 1) & 0xFFFFFFFF, SYN | ACK, 30000, mss=1000), 0.01)
+    ep.segments_to_send(0.01)
+    while ep.next_event() is not None:
+        pass
+    conn.abort()
+    events = []
+    while (ev := ep.next_event()) is not None:
+        events.append(type(ev).__name__)
+    assert events == ["Closed"] and ep.connections == {}
+    out = ep.segments_to_send(0.02)
+    assert [(p, s.flags, s.seq) for p, s in out] == [("p", RST, (syn.seq + 1) & 0xFFFFFFFF)]
+    assert ep.segments_to_send(0.03) == []

@@ -596,6 +596,13 @@ class Connection:
         if self.wake is not None:
             self.wake(self)
 
+    def take_control(self) -> list[Segment]:
+        """The control segments queued and not yet sent (a closed connection's RST):
+        what :meth:`segments_to_send` would return once nothing else can be sent."""
+        out, self._ctl = self._ctl, []
+        self.segs_out += len(out)
+        return out
+
     def _enter_closed(self) -> None:
         if self.state == State.CLOSED:
             return

@@ -278,7 +278,9 @@ class Endpoint:
         if self.connections.get(key) is conn:
             del self.connections[key]
             self._armed.pop(key, None)
-            self._dirty.pop(key, None)
+            if self._dirty.pop(key, None) is not None:
+                # Its Closed event was taken before its output: the RST still goes out.
+                self._strays.extend((conn.peer, seg) for seg in conn.take_control())
             if conn.passive and not getattr(conn, "_counted_open", False):
                 conn._counted_open = True
                 self._half_open -= 1
