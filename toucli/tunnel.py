@@ -734,15 +734,17 @@ class Tunnel:
                 self._udp_failed(exc)
 
     def _service(self, now: float | None = None) -> None:
-        """Drain output, dispatch events, re-arm the timer."""
+        """Dispatch events, drain output (and dispatch what that raised), re-arm the timer."""
         self._scheduled = False
         if self._closed:
             return
         if now is None:
             now = self.loop.time()
         self._servicing = True
-        more = False
         try:
+            # Events first: what arrived goes to the application (a local socket write that
+            # wakes its reader) before this round builds and seals our own segments.
+            more = self._dispatch()
             for _ in range(8):
                 self._output(now)
                 more = self._dispatch()
