@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,8 +93,10 @@ int main(int argc, char **argv) {
     for (;;) {
         struct epoll_event got[2];
         int n = epoll_wait(ep, got, 2, 0);
-        for (long long until = spin_ns ? now_ns() + spin_ns : 0; n == 0 && now_ns() < until;)
+        for (long long until = spin_ns ? now_ns() + spin_ns : 0; n == 0 && now_ns() < until;) {
+            sched_yield();
             n = epoll_wait(ep, got, 2, 0);
+        }
         if (n == 0) n = epoll_wait(ep, got, 2, 120000);
         if (n <= 0) return 0;
         for (int i = 0; i < n; i++) {

@@ -18,6 +18,7 @@ each message before blocking, as ``tou --busy-poll`` does.
 from __future__ import annotations
 
 import argparse
+import os
 import select
 import socket
 import time
@@ -62,6 +63,7 @@ def main() -> None:
         if spin:
             until = time.monotonic() + spin
             while not ready and time.monotonic() < until:
+                os.sched_yield()
                 ready = ep.poll(0)
         for fd, _ in ready or ep.poll(1.0):
             if fd == tcp_fd:
