@@ -221,62 +221,87 @@ def _relay_floor(ps: Procs, target: int, n: int, relay: list[str], extra: list[s
 BUSY_POLL_US = 1000     # tou --busy-poll for the latency rows that use it: longer than a round trip
 
 
-def latency_suite(n: int = 1000, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """Ping-pong medians: direct TCP, the relay floors (blocking and busy-polling),
-    kcptun and tou forward (default and ``--busy-poll``)."""
-    out: dict[str, dict[str, Any]] = {}
-
-    def note(name: str, res: dict[str, Any]) -> None:
-        out[name] = res
-        log(f"  64-byte RTT {name}: {res}")
-
+def latency_suite(n: int = 1000, log: Callable[[str], None] = print, rounds: int = 3) -> dict[str, dict[str, Any]]:
+    """Ping-pong through every path, ``rounds`` times round-robin (one run is ±30 % on a
+    shared VM): direct TCP, the relay floors (blocking and busy-polling), kcptun and tou
+    forward (default and ``--busy-poll``). Per path: the median of the runs' medians and
+    of their p99s, and each run's median."""
+    paths: dict[str, Callable[[], dict[str, Any]]] = {}
     with Procs() as ps:
         eport = free_port()
         echo = tcp_peer(ps, "--timeout", "600", "echo", str(eport))
         read_json_line(echo, 10)
-        note("direct TCP", _pingpong(ps, eport, n))
+        paths["direct TCP"] = lambda: _pingpong(ps, eport, n)
         py_relay = [PY, str(BENCH / "relay_floor.py")]
         compiler = shutil.which("cc") or shutil.which("gcc")
         exe = Path(tempfile.mkdtemp(prefix="tou-relay-")) / "relay_floor"
         built = (subprocess.run([compiler, "-O2", "-o", str(exe), str(BENCH / "relay_floor.c")],
                                 capture_output=True, text=True, timeout=60) if compiler else None)
+        c_error = ("no C compiler" if built is None else
+                   "relay_floor.c did not build: " + built.stderr[-300:] if built.returncode else None)
         for busy in (0, BUSY_POLL_US):
             tail = f", busy-poll {busy} µs" if busy else ""
-            note(f"floor: two bare Python relays{tail}",
-                 _relay_floor(ps, eport, n, py_relay, ["--busy-poll", str(busy)]))
-            if built is None or built.returncode:
-                note(f"floor: two C relays{tail}", {"error": "no C compiler" if built is None else
-                                                    "relay_floor.c did not build: " + built.stderr[-300:]})
-            else:
-                note(f"floor: two C relays{tail}", _relay_floor(ps, eport, n, [str(exe)], [str(busy)]))
-        shutil.rmtree(exe.parent, ignore_errors=True)
+            paths[f"floor: two bare Python relays{tail}"] = (
+                lambda busy=busy: _relay_floor(ps, eport, n, py_relay, ["--busy-poll", str(busy)]))
+            paths[f"floor: two C relays{tail}"] = (
+                (lambda: {"error": c_error}) if c_error else
+                (lambda busy=busy: _relay_floor(ps, eport, n, [str(exe)], [str(busy)])))
         for mode in ("default", "tuned"):
-            try:
-                kport, lport = free_port(kind=2), free_port()
-                kc, ks = kcptun(ps, mode, server_listen=f"127.0.0.1:{kport}", target=f"127.0.0.1:{eport}",
-                                client_listen=f"127.0.0.1:{lport}", remote=f"127.0.0.1:{kport}")
-                res = _pingpong(ps, lport, n)
-                ps.stop(kc)
-                ps.stop(ks)
-            except Exception as exc:
-                res = {"error": str(exc)}
-            note(f"kcptun {mode}", res)
+            paths[f"kcptun {mode}"] = lambda mode=mode: _kcptun_pingpong(ps, mode, eport, n)
         for busy in (0, BUSY_POLL_US):
             name = f"tou forward (warm, --busy-poll {busy})" if busy else "tou forward (warm)"
-            try:
-                uport, lport = free_port(kind=2), free_port()
-                fc, fs = tou_forward(ps, serve=f"127.0.0.1:{uport}", local=f"{lport}:127.0.0.1:{eport}",
-                                     peer=f"127.0.0.1:{uport}", extra=["--busy-poll", str(busy)])
-                cpu0 = fc.cpu_now() + fs.cpu_now()
-                res = _pingpong(ps, lport, n)
-                if "median_us" in res:      # CPU (user + system) of both tou processes per round trip
-                    res["cpu_us_per_rt"] = (fc.cpu_now() + fs.cpu_now() - cpu0) / (n + 100) * 1e6   # 100 warm-up
-                ps.stop(fc)
-                ps.stop(fs)
-            except Exception as exc:
-                res = {"error": f"not available: {exc}"}
-            note(name, res)
+            paths[name] = lambda busy=busy: _tou_pingpong(ps, busy, eport, n)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
+        for r in range(rounds):
+            for name, measure in paths.items():
+                res = measure()
+                runs[name].append(res)
+                log(f"  64-byte RTT {name} (round {r + 1}): {res}")
+        shutil.rmtree(exe.parent, ignore_errors=True)
+    out: dict[str, dict[str, Any]] = {}
+    for name, results in runs.items():
+        good = [x for x in results if "median_us" in x]
+        if not good:
+            out[name] = results[-1]
+            continue
+        out[name] = {"n": n, "runs": len(good), "median_us": median([x["median_us"] for x in good]),
+                     "p99_us": median([x["p99_us"] for x in good]),
+                     "run_medians_us": [round(x["median_us"]) for x in good]}
+        cpu = [x["cpu_us_per_rt"] for x in good if "cpu_us_per_rt" in x]
+        if cpu:
+            out[name]["cpu_us_per_rt"] = median(cpu)
     return out
+
+
+def _kcptun_pingpong(ps: Procs, mode: str, eport: int, n: int) -> dict[str, Any]:
+    try:
+        kport, lport = free_port(kind=2), free_port()
+        kc, ks = kcptun(ps, mode, server_listen=f"127.0.0.1:{kport}", target=f"127.0.0.1:{eport}",
+                        client_listen=f"127.0.0.1:{lport}", remote=f"127.0.0.1:{kport}")
+    except Exception as exc:
+        return {"error": str(exc)}
+    res = _pingpong(ps, lport, n)
+    ps.stop(kc)
+    ps.stop(ks)
+    return res
+
+
+def _tou_pingpong(ps: Procs, busy_poll: int, eport: int, n: int) -> dict[str, Any]:
+    """Through a warm ``tou forward -L``; also the CPU (user + system) of both tou
+    processes per round trip."""
+    try:
+        uport, lport = free_port(kind=2), free_port()
+        fc, fs = tou_forward(ps, serve=f"127.0.0.1:{uport}", local=f"{lport}:127.0.0.1:{eport}",
+                             peer=f"127.0.0.1:{uport}", extra=["--busy-poll", str(busy_poll)])
+    except Exception as exc:
+        return {"error": f"not available: {exc}"}
+    cpu0 = fc.cpu_now() + fs.cpu_now()
+    res = _pingpong(ps, lport, n)
+    if "median_us" in res:
+        res["cpu_us_per_rt"] = (fc.cpu_now() + fs.cpu_now() - cpu0) / (n + 100) * 1e6   # 100 warm-up
+    ps.stop(fc)
+    ps.stop(fs)
+    return res
 
 
 def main() -> None:
