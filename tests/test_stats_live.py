@@ -208,3 +208,29 @@ def test_stats_json_dash_writes_to_stderr_and_excludes_stats(workdir) -> None:
     assert cli.returncode == 0 and cli.stdout == b"x" * 100_000
     snaps = [json.loads(line) for line in cli.stderr.decode().splitlines()]
     assert snaps and snaps[-1]["totals"]["bytes_down"] == 100_000
+    assert snaps[-1]["instance"]["busy_poll"] is None
+
+
+def test_busy_poll_reports_its_window_and_the_time_it_spun(workdir) -> None:
+    env = base_env(workdir)
+    port = free_port()
+    data = random.Random(7).randbytes(300_000)
+    lst = subprocess.Popen([*TOU, "listen", "--insecure", "--quiet", "127.0.0.1", str(port)], cwd=ROOT, env=env,
+                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_bound(port, lst)
+        feeder = feed(lst, data, 0.5)
+        cli = subprocess.run([*TOU, "connect", "--insecure", "--quiet", "--busy-poll", "2000", "--stats-json", "-",
+                              "--stats-interval", "0.2", "127.0.0.1", str(port)], cwd=ROOT, env=env,
+                             stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        feeder.join(timeout=30)
+        assert lst.wait(timeout=30) == 0
+    finally:
+        if lst.poll() is None:
+            lst.kill()
+        lst.wait(timeout=10)
+    assert cli.returncode == 0 and cli.stdout == data
+    bp = [json.loads(line)["instance"]["busy_poll"] for line in cli.stderr.decode().splitlines()]
+    assert bp and all(b["window_us"] == 2000 for b in bp)
+    assert bp[-1]["spin_seconds"] > 0 and bp[-1]["caught"] >= 0
+    assert [b["spin_seconds"] for b in bp] == sorted(b["spin_seconds"] for b in bp)

@@ -67,3 +67,9 @@ class BusyPollSelector(selectors.EpollSelector):
         ready = poll(None if timeout is None else max(0.0, timeout - (now - start)))
         self.active = bool(ready)
         return ready
+
+
+def of_loop(loop: Any) -> BusyPollSelector | None:
+    """The busy-polling selector ``loop`` runs on, if it runs on one (for statistics)."""
+    selector = getattr(loop, "_selector", None)      # asyncio's selector event loops keep it here
+    return selector if isinstance(selector, BusyPollSelector) else None

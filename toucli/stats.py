@@ -173,6 +173,7 @@ class Collector:
         self._history: deque = deque()               # (t, up_bps, down_bps, loss_pct)
         self.latest: dict | None = None
         self._local: str | None = None
+        self.busy_poll: Any = None                   # the loop's BusyPollSelector (--busy-poll), if any
 
     def add(self, tunnel: Any) -> None:
         if tunnel not in self.tunnels:
@@ -407,6 +408,11 @@ class Collector:
                 "name": self.name,
                 "command": self.command,
                 "control": self.control,
+                "busy_poll": None if self.busy_poll is None else {
+                    "window_us": round(self.busy_poll.window * 1e6),
+                    "spin_seconds": self.busy_poll.spun,
+                    "caught": self.busy_poll.caught,
+                },
             },
             "transport": {"name": transport_name, "overhead": overhead, "local": local},
             "peers": peers,

@@ -27,6 +27,7 @@ from typing import Any, Callable, TextIO
 import click
 
 from toucli import __version__
+from toucli.busypoll import of_loop
 from toucli.control import ControlClient, ControlError, ControlServer, check_name, find, list_instances
 from toucli.stats import Collector
 
@@ -145,6 +146,7 @@ class Observer:
         c = self.collector
         c.started = loop.time()
         c.started_wall = time.time()
+        c.busy_poll = of_loop(loop)
         self.control = ControlServer(self._handle, name=self.opts.name)
         try:
             path = await self.control.start()
