@@ -449,6 +449,7 @@ def test_a_path_that_shrinks_mid_transfer_is_a_black_hole_and_the_data_survives(
             data = random.Random(7).randbytes(12_000_000)
             got = bytearray()
             shrunk_at = None
+            rtos_then: list[int] = []
 
             async def reader():
                 nonlocal shrunk_at
@@ -461,6 +462,7 @@ def test_a_path_that_shrinks_mid_transfer_is_a_black_hole_and_the_data_survives(
                         path = client.paths[ch.peer]
                         assert path.pm.plpmtu == 65507    # big datagrams were flowing
                         shrunk_at = loop.time()
+                        rtos_then.append(ch.conn.stats()["rto_count"])
                         client.usock.limit = server.usock.limit = 1400
 
             r = asyncio.ensure_future(reader())
@@ -472,16 +474,23 @@ def test_a_path_that_shrinks_mid_transfer_is_a_black_hole_and_the_data_survives(
             while loop.time() < end and path.pm.state is not PmtuState.SEARCH_COMPLETE:
                 await asyncio.sleep(0.05)
             return (hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), path.pm.black_holes,
-                    path.pm.plpmtu, path.pm.state, done_at - shrunk_at, client.usock.data_dropped)
+                    path.pm.plpmtu, path.pm.state, done_at - shrunk_at, client.usock.data_dropped,
+                    ch.conn.stats()["rto_count"] - rtos_then[0])
         finally:
             client.close()
             server.close()
 
-    same, black_holes, plpmtu, state, stall, dropped = asyncio.run(run())
+    same, black_holes, plpmtu, state, stall, dropped, timeouts = asyncio.run(run())
+    print(f"stall {stall:.2f} s, {timeouts} retransmission timeouts")
     assert same
     assert black_holes == 1 and dropped > 0
     assert state is PmtuState.SEARCH_COMPLETE and 1400 - 16 <= plpmtu <= 1400
-    assert stall < 4, stall          # two or three RTOs and a tick, then everything again at once
+    # Two timeouts with nothing acknowledged declare the black hole; the search falls back
+    # at the runtime's next look, by which a third has usually fired (3 in every run here,
+    # loaded or not); then everything moves again. Counted in timeouts, not seconds: a
+    # loaded machine stretches the RTO (a 10.8 s stall under two CPU burners), not the
+    # number of them.
+    assert 2 <= timeouts <= 4, (timeouts, stall)
 
 
 def test_syn_room_follows_the_size_the_engine_puts_in_a_syn() -> None:
