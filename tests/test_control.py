@@ -241,7 +241,7 @@ def test_attach_from_a_second_process_while_data_flows(procs, rundir, tmp_path) 
     # The snapshot describes the running connection.
     assert snap["version"] == 1
     assert snap["instance"] == {"pid": cli.pid, "name": "cli", "command": "connect",
-                                "control": str(sock_dir / "cli.sock")}
+                                "control": str(sock_dir / "cli.sock"), "busy_poll": None}
     (row,) = snap["connections"]
     assert row["state"] == "ESTABLISHED" and row["open"] is True
     assert row["peer"] == f"127.0.0.1:{port}" and row["remote_port"] == 1
