@@ -75,7 +75,7 @@ def transport_options(fn: Callable) -> Callable:
 
 def opt(*decls: str, **kw: Any) -> Callable:
     """A click option that also reads ``TOU_<LONG_NAME>`` from the environment."""
-    long = next(d for d in decls if d.startswith("--"))
+    long = next(d for d in decls if d.startswith("--")).split("/")[0]     # "--stats/--no-stats": TOU_STATS
     kw.setdefault("envvar", configuration.env_name(long))
     kw.setdefault("show_envvar", True)
     return click.option(*decls, **kw)
