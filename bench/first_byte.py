@@ -11,10 +11,9 @@ target's arrival time of that byte minus the time the client called
   soon as the local port listens (``ss`` polled every 50 ms), so the secure
   session's handshake is (at least partly) on the path;
 * **warm session**: later connections through the same process, 0.3 s apart;
-* **warm + Fast Open**: the same with Fast Open switched on, if ``tou forward``
-  has an option for it (``--fast-open``/``--tfo``); when its help says Fast Open
-  is always on, the "tou" rows already use it and are reported for both (the
-  cold connection has no cookie yet); otherwise "not available";
+  the "tou" rows run with ``--no-fast-open``, the "tou fast open" rows with
+  ``tou forward``'s default, Fast Open (a cold connection has no cookie yet, so
+  only the warm ones can use it);
 * **direct kernel TCP** for reference: 1.5 RTT (SYN, SYN-ACK, then the data).
 
     python bench/first_byte.py [--samples 5]
@@ -23,7 +22,6 @@ target's arrival time of that byte minus the time the client called
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -32,25 +30,10 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from contenders import read_json_line, tcp_peer, tou_forward  # noqa: E402
-from harness import Procs, median, tou_help  # noqa: E402
+from harness import Procs, median  # noqa: E402
 from wanlink import B_ADDR, WanPath  # noqa: E402
 
 RTT = 0.100
-
-
-ALWAYS = "always on"
-
-
-def fast_open_flag() -> str | None:
-    """The ``tou forward`` option that turns Fast Open on, :data:`ALWAYS` when its help
-    says it is always on, else None."""
-    text = tou_help("forward")
-    for flag in ("--fast-open", "--tfo"):
-        if re.search(rf"{flag}\b", text):
-            return flag
-    if re.search(r"Fast\s+Open\s+is\s+always\s+on", text):
-        return ALWAYS
-    return None
 
 
 def _probe(ps: Procs, target: Any, netns: str, host: str, port: int) -> float | None:
@@ -65,7 +48,6 @@ def _probe(ps: Procs, target: Any, netns: str, host: str, port: int) -> float | 
 
 def measure(samples: int = 5, log: Callable[[str], None] = print) -> dict[str, Any]:
     out: dict[str, Any] = {"rtt_ms": RTT * 1000}
-    tfo = fast_open_flag()
     with WanPath(RTT, 0.0, 100e6) as path, Procs() as ps:
         tport = 7000
         target = tcp_peer(ps, "--timeout", "600", "first-byte-target", str(tport), "--host", "0.0.0.0",
@@ -75,13 +57,7 @@ def measure(samples: int = 5, log: Callable[[str], None] = print) -> dict[str, A
         direct = [_probe(ps, target, path.ns_a, B_ADDR, tport) for _ in range(samples)]
         out["direct kernel TCP"] = direct
         log(f"  first byte, direct TCP: {direct}")
-        variants: list[tuple[str, list[str] | None]] = [("tou", [])]
-        if tfo != ALWAYS:
-            variants.append(("tou fast open", [tfo] if tfo else None))
-        for label, extra in variants:
-            if extra is None:
-                out[f"{label} cold"] = out[f"{label} warm"] = "not available"
-                continue
+        for label, extra in (("tou", ["--no-fast-open"]), ("tou fast open", [])):
             cold, warm = [], []
             for i in range(samples):
                 sport = 9000 + i
@@ -104,14 +80,11 @@ def measure(samples: int = 5, log: Callable[[str], None] = print) -> dict[str, A
                 out[f"{label} cold"] = cold
                 out[f"{label} warm"] = warm
             log(f"  first byte, {label}: cold {out[f'{label} cold']} warm {out[f'{label} warm']}")
-    if tfo == ALWAYS:                  # the "tou" rows ran with Fast Open
-        out["tou fast open cold"], out["tou fast open warm"] = out.get("tou cold"), out.get("tou warm")
     summary = {}
     for k, v in out.items():
         if isinstance(v, list):
             summary[k] = median([x * 1000 for x in v if x is not None])
     out["median_ms"] = summary
-    out["fast_open_flag"] = tfo
     return out
 
 

@@ -65,12 +65,6 @@ def missing_tools() -> dict[str, str]:
     return out
 
 
-def tou_help(sub: str) -> str:
-    """``tou SUB --help`` text ('' when the subcommand does not exist)."""
-    r = subprocess.run([*TOU, sub, "--help"], capture_output=True, text=True, timeout=30, env=tou_env(), cwd=ROOT)
-    return r.stdout if r.returncode == 0 else ""
-
-
 def machine() -> str:
     """One line naming the machine: CPU model, cores, kernel, Python."""
     model = "unknown CPU"

@@ -153,8 +153,7 @@ def section(data: dict) -> str:
     med = fb.get("median_ms", {}) if isinstance(fb, dict) else {}
     tfo_ms = med.get("tou fast open warm")
     t3_ok = None if tfo_ms is None else tfo_ms <= 0.5 * 100 + 10
-    t3_val = (f"{tfo_ms:.1f} ms" if tfo_ms is not None else
-              f"not available (no Fast Open option in `tou forward`); warm without it {f1(med.get('tou warm'), ' ms')}")
+    t3_val = f1(tfo_ms, " ms")
     rss = mc.get("total_peak_mb")
     t4_ok = None if rss is None or mc.get("open") != mc.get("connections") else rss <= 300
     tou_rtt = lat.get("tou forward (warm)", {}).get("median_us")
@@ -176,11 +175,11 @@ def section(data: dict) -> str:
     if "wan" in ran and "100/2/tou" in w:
         T.append(f"| 2 | 100 Mbit/s, 100 ms, 2 % loss: ≥ kernel BBR, ≥ 50x kernel CUBIC, retransmitted ≤ loss + 3 points | "
              f"{t2_val} | {met(t2_ok)} | {lim2} |")
-    warm = med.get("tou warm")
-    lim3 = (f"warm: the request and the app's first bytes ride in the SYN (Fast Open) and the client does not "
-            f"wait for the status: {f1(warm, ' ms')} = {warm / 100:.2f} RTT, of which up to 10 ms is the client's wait "
-            f"for the app's first bytes; cold {f1(med.get('tou cold'), ' ms')} (session handshake, cookie request); "
-            f"direct kernel TCP {f1(med.get('direct kernel TCP'), ' ms')}" if warm else "—")
+    lim3 = (f"the request and the app's first bytes ride in the SYN and the client does not wait for the "
+            f"status: {tfo_ms:.1f} ms = {tfo_ms / 100:.2f} RTT, of which up to 10 ms is the client's wait for the "
+            f"app's first bytes; warm without Fast Open (`--no-fast-open`) {f1(med.get('tou warm'), ' ms')} (the "
+            f"SYN's round trip first); cold {f1(med.get('tou fast open cold'), ' ms')} (session handshake, cookie "
+            f"request); direct kernel TCP {f1(med.get('direct kernel TCP'), ' ms')}" if tfo_ms else "—")
     if "first_byte" in ran:
         T.append(f"| 3 | warm session with Fast Open: first byte ≤ 0.5 RTT + 10 ms (60 ms at 100 ms) | {t3_val} | "
              f"{met(t3_ok)} | {lim3} |")
@@ -269,6 +268,9 @@ def section(data: dict) -> str:
     L.append("### 3. Time to first byte of a new forwarded connection, 100 ms RTT")
     L.append("")
     if med:
+        L.append("\"tou\" rows: `tou forward --no-fast-open`; \"tou fast open\" rows: `tou forward` as it "
+                 "comes (Fast Open on; a cold session has no cookie yet).")
+        L.append("")
         L.append("| path | median ms | samples (ms) |")
         L.append("|---|---|---|")
         for k in ("direct kernel TCP", "tou cold", "tou warm", "tou fast open cold", "tou fast open warm"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import random
 import socket
 
@@ -51,7 +52,6 @@ def test_engine_config_congestion_control_and_mtu() -> None:
 @pytest.fixture
 def captured(monkeypatch):
     """Run `tou connect` up to the runtime and keep its resolved settings."""
-    import importlib
     connect_mod = importlib.import_module("toucli.commands.connect")
 
     seen = {}
@@ -554,6 +554,35 @@ def test_the_first_syn_waits_for_the_secure_session_and_is_timed_from_then() -> 
 
 
 # ------------------------------------------------------------------ Fast Open in forward
+@pytest.mark.parametrize("args, env, expected", [
+    ([], {}, True),
+    (["--no-fast-open"], {}, False),
+    ([], {"TOU_FAST_OPEN": "0"}, False),
+    (["--fast-open"], {"TOU_FAST_OPEN": "0"}, True),
+])
+@pytest.mark.parametrize("side", ["client", "serve"])
+def test_forward_fast_open_switch_reaches_the_engine(monkeypatch, tmp_path, args, env, expected, side) -> None:
+    """``--no-fast-open`` (or TOU_FAST_OPEN=0) turns RFC 7413 off in both forward roles."""
+    forward_mod = importlib.import_module("toucli.commands.forward")
+    seen = {}
+    real = forward_mod.engine_config
+
+    def spy(*a, **k):
+        seen["fast_open"] = k["fast_open"]
+        raise tunnel_mod.TunnelError("stop here")         # the tunnel is not needed
+
+    monkeypatch.setattr(forward_mod, "engine_config", spy)
+    assert real(socket.AF_INET, 4, fast_open=expected).fast_open is expected
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    where = ["--serve", f"127.0.0.1:{free}"] if side == "serve" else ["-L", "40999:127.0.0.1:9", "127.0.0.1:9"]
+    r = CliRunner().invoke(main, ["forward", "--insecure", "--quiet", *args, *where],
+                           env={"XDG_CONFIG_HOME": str(tmp_path), **env})
+    assert "stop here" in r.output and r.exit_code == 1
+    assert seen["fast_open"] is expected
+
+
 def _delayed_socket(delay: float):
     import random
 

@@ -79,6 +79,9 @@ PERMIT = SpecType("HOST:PORT", _permit_rule)
 @opt("--permit-open", multiple=True, type=PERMIT, metavar="HOST:PORT",
      help="Server: targets clients may connect to ('*' for any host or port; 'any', 'none'). Default: any.")
 @opt("--allow-remote-listen", is_flag=True, help="Server: let clients listen on this host's ports (-R).")
+@opt("--fast-open/--no-fast-open", default=True,
+     help="TCP Fast Open inside the tunnel (RFC 7413). Without it every new connection waits a round "
+          "trip for the handshake before its request and first bytes go out. Default: on.")
 @observe_options
 @common_options
 @click.pass_context
@@ -87,11 +90,11 @@ def forward(ctx: click.Context, peer: str | None, **_: Any) -> None:
 
     PEER is HOST:PORT of a 'tou forward --serve' server's UDP port ([::1]:PORT
     for IPv6). Local ports listen on loopback unless -g or a BIND address is
-    given; every option may repeat. TCP Fast Open is always on inside the
-    tunnel: on a warm session a new -L or -R connection's target request and
-    first bytes ride in the SYN and reach the target half a round trip after the
-    local connect (-D waits one round trip for the server's answer, as SOCKS
-    needs it first). Exit status: 0 after SIGTERM, 1 network or peer failure
+    given; every option may repeat. With TCP Fast Open inside the tunnel (the
+    default), a new -L or -R connection on a warm session sends its target
+    request and first bytes in the SYN, so they reach the target half a round
+    trip after the local connect (-D waits one round trip for the server's
+    answer, as SOCKS needs it first). Exit status: 0 after SIGTERM, 1 network or peer failure
     (e.g. a port that cannot be bound), 2 usage error, 3 authentication failure,
     130 interrupted.
     """
@@ -117,7 +120,7 @@ def forward(ctx: click.Context, peer: str | None, **_: Any) -> None:
             s.warn("--insecure without --permit-open: anyone who can send to this port may connect anywhere "
                    "this host can reach")
         code = s.run(lambda sig: _serve(sig, s, transport, addr, port, permits, bool(p.get("allow_remote_listen")),
-                                        wait))
+                                        wait, p.get("fast_open", True)))
         finish(code)
     if peer is None:
         raise click.UsageError("PEER (HOST:PORT of the tou server) is required, or --serve [ADDR:]PORT")
@@ -131,7 +134,7 @@ def forward(ctx: click.Context, peer: str | None, **_: Any) -> None:
         raise click.BadParameter(str(exc), ctx, param_hint="PEER") from None
     transport = make_transport(s, server=False)
     code = s.run(lambda sig: _client(sig, s, transport, host or "", port, local, remote, dynamic, wait,
-                                     bool(p.get("gateway_ports"))))
+                                     bool(p.get("gateway_ports")), p.get("fast_open", True)))
     finish(code)
 
 
@@ -145,12 +148,12 @@ def _log(s: Settings) -> Log:
 
 
 async def _serve(sig: Signals, s: Settings, transport: Transport, addr: str | None, port: int,
-                 permits: Permits, allow_listen: bool, wait: float) -> int:
+                 permits: Permits, allow_listen: bool, wait: float, fast_open: bool) -> int:
     usock = bind_udp(s, addr, port)
     obs = Observer(s.observe or ObserveOptions(), "forward", stdin_is_payload=False, warn=s.warn)
     tunnel = Tunnel(usock, obs.tap(transport, usock),
                     engine_config(usock.family, transport.overhead, keepalive=s.keepalive, cc=s.cc,
-                                  mtu=s.mtu, fast_open=True), pmtu=s.mtu is None)
+                                  mtu=s.mtu, fast_open=fast_open), pmtu=s.mtu is None)
     log = _log(s)
     server = ForwardServer(tunnel, permits, log, allow_listen=allow_listen, dial_timeout=wait)
     log.info(f"serving forwards on UDP {format_address(usock.local_address())} ({transport.name}); "
@@ -169,7 +172,7 @@ async def _serve(sig: Signals, s: Settings, transport: Transport, addr: str | No
 
 async def _client(sig: Signals, s: Settings, transport: Transport, host: str, port: int,
                   local: tuple[LocalForward, ...], remote: tuple[RemoteForward, ...],
-                  dynamic: tuple[DynamicForward, ...], wait: float, gateway: bool) -> int:
+                  dynamic: tuple[DynamicForward, ...], wait: float, gateway: bool, fast_open: bool) -> int:
     family, addr = resolve(host, port, s.family)
     try:
         usock = UdpSocket.bind("::" if family == socket.AF_INET6 else "0.0.0.0", 0, family)
@@ -179,7 +182,7 @@ async def _client(sig: Signals, s: Settings, transport: Transport, host: str, po
     obs = Observer(s.observe or ObserveOptions(), "forward", stdin_is_payload=False, warn=s.warn)
     tunnel = Tunnel(usock, obs.tap(transport, usock),
                     engine_config(family, transport.overhead, keepalive=s.keepalive, cc=s.cc, mtu=s.mtu,
-                                  fast_open=True), pmtu=s.mtu is None)
+                                  fast_open=fast_open), pmtu=s.mtu is None)
     log = _log(s)
     link = Link(tunnel, addr, log, secure=not isinstance(transport, PlainTransport))
     client = ForwardClient(tunnel, link, log, wait=wait, gateway=gateway)
