@@ -149,20 +149,18 @@ def test_dashboard_in_a_terminal_moves_and_keeps_stdout_exact(workdir) -> None:
     assert received["out"] == up
 
 
-@pytest.mark.slow
-def test_without_a_terminal_stats_prints_interval_lines_and_json(workdir) -> None:
+def _download(workdir, data: bytes, after: float, *connect_args: str, timeout: float = 30):
+    """``tou listen`` sends ``data`` (fed ``after`` s in) to a ``tou connect CONNECT_ARGS``;
+    both must exit 0. Returns the connect's CompletedProcess."""
     env = base_env(workdir)
     port = free_port()
-    down = random.Random(4).randbytes(2_000_000)
-    jsonl = workdir / "stats.jsonl"
     lst = subprocess.Popen([*TOU, "listen", "--insecure", "--quiet", "127.0.0.1", str(port)], cwd=ROOT, env=env,
                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_bound(port, lst)
-        feeder = feed(lst, down, 2.0)
-        cli = subprocess.run([*TOU, "connect", "--insecure", "--quiet", "--stats", "--stats-json", str(jsonl),
-                              "--stats-interval", "0.2", "127.0.0.1", str(port)], cwd=ROOT, env=env,
-                             stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        feeder = feed(lst, data, after)        # the listener reads stdin once connected
+        cli = subprocess.run([*TOU, "connect", "--insecure", "--quiet", *connect_args, "127.0.0.1", str(port)],
+                             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
         feeder.join(timeout=30)
         assert lst.wait(timeout=30) == 0
     finally:
@@ -170,7 +168,15 @@ def test_without_a_terminal_stats_prints_interval_lines_and_json(workdir) -> Non
             lst.kill()
         lst.wait(timeout=10)
     assert cli.returncode == 0, cli.stderr
-    assert cli.stdout == down                                   # stdout untouched by --stats
+    assert cli.stdout == data                                   # stdout untouched by the statistics
+    return cli
+
+
+@pytest.mark.slow
+def test_without_a_terminal_stats_prints_interval_lines_and_json(workdir) -> None:
+    down = random.Random(4).randbytes(2_000_000)
+    jsonl = workdir / "stats.jsonl"
+    cli = _download(workdir, down, 2.0, "--stats", "--stats-json", str(jsonl), "--stats-interval", "0.2", timeout=60)
     lines = cli.stderr.decode().splitlines()
     assert lines[0].startswith("[ ID]") and "Interval" in lines[0]
     rows = [line for line in lines[1:] if line.startswith("[  1]")]
@@ -190,46 +196,15 @@ def test_stats_json_dash_writes_to_stderr_and_excludes_stats(workdir) -> None:
     res = subprocess.run([*TOU, "connect", "--insecure", "--stats", "--stats-json", "-", "127.0.0.1", "9"],
                          cwd=ROOT, env=env, capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
     assert res.returncode == 2 and b"--stats-json" in res.stderr
-    port = free_port()
-    lst = subprocess.Popen([*TOU, "listen", "--insecure", "--quiet", "127.0.0.1", str(port)], cwd=ROOT, env=env,
-                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_bound(port, lst)
-        feeder = feed(lst, b"x" * 100_000, 0.5)   # the listener reads stdin once connected
-        cli = subprocess.run([*TOU, "connect", "--insecure", "--quiet", "--stats-json", "-", "127.0.0.1",
-                              str(port)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                             timeout=30)
-        feeder.join(timeout=30)
-        assert lst.wait(timeout=30) == 0
-    finally:
-        if lst.poll() is None:
-            lst.kill()
-        lst.wait(timeout=10)
-    assert cli.returncode == 0 and cli.stdout == b"x" * 100_000
+    cli = _download(workdir, b"x" * 100_000, 0.5, "--stats-json", "-")
     snaps = [json.loads(line) for line in cli.stderr.decode().splitlines()]
     assert snaps and snaps[-1]["totals"]["bytes_down"] == 100_000
     assert snaps[-1]["instance"]["busy_poll"] is None
 
 
 def test_busy_poll_reports_its_window_and_the_time_it_spun(workdir) -> None:
-    env = base_env(workdir)
-    port = free_port()
     data = random.Random(7).randbytes(300_000)
-    lst = subprocess.Popen([*TOU, "listen", "--insecure", "--quiet", "127.0.0.1", str(port)], cwd=ROOT, env=env,
-                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_bound(port, lst)
-        feeder = feed(lst, data, 0.5)
-        cli = subprocess.run([*TOU, "connect", "--insecure", "--quiet", "--busy-poll", "2000", "--stats-json", "-",
-                              "--stats-interval", "0.2", "127.0.0.1", str(port)], cwd=ROOT, env=env,
-                             stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
-        feeder.join(timeout=30)
-        assert lst.wait(timeout=30) == 0
-    finally:
-        if lst.poll() is None:
-            lst.kill()
-        lst.wait(timeout=10)
-    assert cli.returncode == 0 and cli.stdout == data
+    cli = _download(workdir, data, 0.5, "--busy-poll", "2000", "--stats-json", "-", "--stats-interval", "0.2")
     bp = [json.loads(line)["instance"]["busy_poll"] for line in cli.stderr.decode().splitlines()]
     assert bp and all(b["window_us"] == 2000 for b in bp)
     assert bp[-1]["spin_seconds"] > 0 and bp[-1]["caught"] >= 0
