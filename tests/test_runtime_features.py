@@ -565,14 +565,12 @@ def test_forward_fast_open_switch_reaches_the_engine(monkeypatch, tmp_path, args
     """``--no-fast-open`` (or TOU_FAST_OPEN=0) turns RFC 7413 off in both forward roles."""
     forward_mod = importlib.import_module("toucli.commands.forward")
     seen = {}
-    real = forward_mod.engine_config
 
     def spy(*a, **k):
         seen["fast_open"] = k["fast_open"]
         raise tunnel_mod.TunnelError("stop here")         # the tunnel is not needed
 
     monkeypatch.setattr(forward_mod, "engine_config", spy)
-    assert real(socket.AF_INET, 4, fast_open=expected).fast_open is expected
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
