@@ -219,6 +219,7 @@ def _relay_floor(ps: Procs, target: int, n: int, relay: list[str], extra: list[s
 
 
 BUSY_POLL_US = 1000     # tou --busy-poll for the latency rows that use it: longer than a round trip
+TOU_BUSY_ROW = f"tou forward (warm, --busy-poll {BUSY_POLL_US})"
 
 
 def latency_suite(n: int = 1000, log: Callable[[str], None] = print, rounds: int = 3) -> dict[str, dict[str, Any]]:
@@ -249,7 +250,7 @@ def latency_suite(n: int = 1000, log: Callable[[str], None] = print, rounds: int
         for mode in ("default", "tuned"):
             paths[f"kcptun {mode}"] = lambda mode=mode: _kcptun_pingpong(ps, mode, eport, n)
         for busy in (0, BUSY_POLL_US):
-            name = f"tou forward (warm, --busy-poll {busy})" if busy else "tou forward (warm)"
+            name = TOU_BUSY_ROW if busy else "tou forward (warm)"
             paths[name] = lambda busy=busy: _tou_pingpong(ps, busy, eport, n)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
         for r in range(rounds):

@@ -92,10 +92,11 @@ int main(int argc, char **argv) {
     epoll_ctl(ep, EPOLL_CTL_ADD, udp, &ev);
     for (;;) {
         struct epoll_event got[2];
-        int n = epoll_wait(ep, got, 2, 0);
-        for (long long until = spin_ns ? now_ns() + spin_ns : 0; n == 0 && now_ns() < until;) {
-            sched_yield();
-            n = epoll_wait(ep, got, 2, 0);
+        int n = 0;
+        if (spin_ns) {                       /* look without blocking for up to spin_ns first */
+            long long until = now_ns() + spin_ns;
+            while ((n = epoll_wait(ep, got, 2, 0)) == 0 && now_ns() < until)
+                sched_yield();
         }
         if (n == 0) n = epoll_wait(ep, got, 2, 120000);
         if (n <= 0) return 0;

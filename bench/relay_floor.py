@@ -59,12 +59,11 @@ def main() -> None:
     tcp_fd = tcp.fileno()
     spin = a.busy_poll / 1e6
     while time.monotonic() < end:
-        ready = ep.poll(0)
-        if spin:
+        ready = []
+        if spin:                          # look without blocking for up to ``spin`` s first
             until = time.monotonic() + spin
-            while not ready and time.monotonic() < until:
+            while not (ready := ep.poll(0)) and time.monotonic() < until:
                 os.sched_yield()
-                ready = ep.poll(0)
         for fd, _ in ready or ep.poll(1.0):
             if fd == tcp_fd:
                 data = tcp.recv(65536)

@@ -157,8 +157,7 @@ def section(data: dict) -> str:
     rss = mc.get("total_peak_mb")
     t4_ok = None if rss is None or mc.get("open") != mc.get("connections") else rss <= 300
     tou_rtt = lat.get("tou forward (warm)", {}).get("median_us")
-    busy_name = next((k for k in lat if k.startswith("tou forward (warm, --busy-poll")), None)
-    tou_busy = lat.get(busy_name, {}).get("median_us") if busy_name else None
+    tou_busy = lat.get(loopback.TOU_BUSY_ROW, {}).get("median_us")
     best_rtt = min((v for v in (tou_rtt, tou_busy) if v is not None), default=None)
     t5_ok = None if best_rtt is None else best_rtt <= 150
     ran = set(data["steps"])
