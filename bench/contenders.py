@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from harness import PY, BENCH, TOU, Proc, Procs, tou_env, wait_tcp
@@ -85,13 +86,22 @@ def kcptun(ps: Procs, mode: str, *, server_listen: str, target: str, client_list
 
 def tou_forward(ps: Procs, *, serve: str, local: str, peer: str, netns_client: str | None = None,
                 netns_server: str | None = None, extra: list[str] | None = None,
-                env: dict[str, str] | None = None, wait: bool = True) -> tuple[Proc, Proc]:
-    """``tou forward --serve`` and a ``tou forward -L local PEER`` client (shared secret, DTLS)."""
+                env: dict[str, str] | None = None, wait: bool = True,
+                profile_dir: Path | None = None) -> tuple[Proc, Proc]:
+    """``tou forward --serve`` and a ``tou forward -L local PEER`` client (shared secret, DTLS).
+    With ``profile_dir``, both run under cProfile and write ``serve.prof`` / ``client.prof``
+    there when stopped."""
     env = env or tou_env()
-    srv = ps.start("tou forward --serve", [*TOU, "forward", "--quiet", "--serve", serve, *(extra or [])],
+
+    def tou(side: str) -> list[str]:
+        if profile_dir is None:
+            return TOU
+        return [PY, "-m", "cProfile", "-o", str(profile_dir / f"{side}.prof"), *TOU[1:]]
+
+    srv = ps.start("tou forward --serve", [*tou("serve"), "forward", "--quiet", "--serve", serve, *(extra or [])],
                    netns=netns_server, env=env)
     time.sleep(0.3)
-    cli = ps.start("tou forward -L", [*TOU, "forward", "--quiet", "-L", local, *(extra or []), peer],
+    cli = ps.start("tou forward -L", [*tou("client"), "forward", "--quiet", "-L", local, *(extra or []), peer],
                    netns=netns_client, env=env)
     if wait:
         parts = local.split(":")

@@ -22,7 +22,8 @@ kcptun (default and tuned) and through ``tou forward -L`` (a warm session); the
 relays and tou once blocking in ``epoll_wait`` and once with ``--busy-poll``.
 
 ``--profile`` runs the tou bulk transfer once more with both tou processes
-under cProfile and prints the functions with the most own time.
+under cProfile and prints the functions with the most own time, then profiles
+the round trips the same way (``profile_latency``: CPU per round trip by part).
 
     python bench/loopback.py [--quick] [--runs 3] [--profile]
 """
@@ -195,6 +196,105 @@ def profile_tou(nbytes: int, top: int = 12) -> dict[str, str]:
     return out
 
 
+# Where a round trip's CPU goes, by what the code is. Own time; a built-in function's
+# time goes to the part of the Python function that called it, except for system calls
+# and AES-GCM, which are parts of their own. Waiting in epoll is idle, not a part.
+LAT_PARTS = ("TCP engine (toucli/stack)", "DTLS records and sessions", "AES-GCM (OpenSSL)",
+             "tunnel runtime (tunnel, udp)", "asyncio event loop", "system calls (socket, read, write)",
+             "other")
+
+
+def _lat_part(key: tuple[str, int, str]) -> str | None:
+    file, _, fn = key
+    if file == "~":
+        if "epoll" in fn and "poll" in fn:
+            return None
+        if "_socket.socket" in fn or fn in ("<built-in method posix.read>", "<built-in method posix.write>"):
+            return LAT_PARTS[5]
+        if "AESGCM" in fn:
+            return LAT_PARTS[2]
+        return "built-in"
+    path = file.replace("\\", "/")
+    if "/toucli/stack/" in path:
+        return LAT_PARTS[0]
+    if path.endswith(("/toucli/record.py", "/toucli/session.py", "/toucli/dtls.py")):
+        return LAT_PARTS[1]
+    if "/toucli/" in path:
+        return LAT_PARTS[3]
+    if "/asyncio/" in path or path.endswith("/selectors.py"):
+        return LAT_PARTS[4]
+    return LAT_PARTS[6]
+
+
+def _per_round_trip(long: pstats.Stats, short: pstats.Stats, extra: int) -> tuple[dict[str, float], dict[str, float]]:
+    """µs per round trip by part and by function: ``long`` minus ``short``, counting only
+    functions called more often in ``long`` (start-up and shutdown run once in each)."""
+    parts = dict.fromkeys(LAT_PARTS, 0.0)
+    funcs: dict[str, float] = {}
+    for key, (_, nc, tt, _, callers) in long.stats.items():    # type: ignore[attr-defined]
+        before = short.stats.get(key, (0, 0, 0.0, 0.0, {}))    # type: ignore[attr-defined]
+        part = _lat_part(key)
+        if part is None or nc <= before[1]:
+            continue
+        us = (tt - before[2]) / extra * 1e6
+        name = key[2] if key[0] == "~" else f"{Path(key[0]).name}:{key[2]}"
+        funcs[name] = funcs.get(name, 0.0) + us
+        if part != "built-in":
+            parts[part] += us
+            continue
+        for caller, (cnc, _, ctt, _) in callers.items():
+            c0 = before[4].get(caller, (0, 0, 0.0, 0.0))
+            if cnc > c0[0]:
+                cpart = _lat_part(caller)
+                parts[LAT_PARTS[6] if cpart in (None, "built-in") else cpart] += (ctt - c0[2]) / extra * 1e6
+    return parts, funcs
+
+
+def profile_latency(n: int = 3000, top: int = 8) -> dict[str, Any]:
+    """tou's CPU per 64-byte round trip through a warm ``tou forward`` (blocking, no busy
+    poll), by part: both processes under cProfile for a ping-pong of 1 and one of ``n``
+    round trips; the difference of the two profiles over the ``n - 1`` extra round trips
+    leaves start-up and shutdown out. The profiler inflates Python calls, so the shares
+    are what counts, not the absolute µs."""
+    runs: dict[int, dict[str, Any]] = {}
+    for count in (1, n):
+        tmp = Path(tempfile.mkdtemp(prefix="toubench-latprof-"))
+        with Procs() as ps:
+            eport = free_port()
+            echo = tcp_peer(ps, "--timeout", "300", "echo", str(eport))
+            read_json_line(echo, 10)
+            uport, lport = free_port(kind=2), free_port()
+            try:
+                fc, fs = tou_forward(ps, serve=f"127.0.0.1:{uport}", local=f"{lport}:127.0.0.1:{eport}",
+                                     peer=f"127.0.0.1:{uport}", profile_dir=tmp)
+            except Exception as exc:
+                return {"error": f"not available: {exc}"}
+            res = _pingpong(ps, lport, count)
+            ps.stop(fc)
+            ps.stop(fs)
+        files = [tmp / "client.prof", tmp / "serve.prof"]
+        if "median_us" not in res or not all(f.exists() for f in files):
+            return {"error": res.get("error", "no profile written")}
+        runs[count] = {"stats": [pstats.Stats(str(f)) for f in files], "cpu": (fc.cpu or 0) + (fs.cpu or 0)}
+        shutil.rmtree(tmp, ignore_errors=True)
+    extra = n - 1
+    parts = dict.fromkeys(LAT_PARTS, 0.0)
+    funcs: dict[str, float] = {}
+    for long, short in zip(runs[n]["stats"], runs[1]["stats"]):
+        p, f = _per_round_trip(long, short, extra)
+        for k, v in p.items():
+            parts[k] += v
+        for k, v in f.items():
+            funcs[k] = funcs.get(k, 0.0) + v
+    total = sum(parts.values())
+    ranked = sorted(funcs.items(), key=lambda kv: -kv[1])[:top]
+    return {"round_trips": extra, "profiled_us_per_rt": total,
+            "cpu_us_per_rt_profiled": (runs[n]["cpu"] - runs[1]["cpu"]) / extra * 1e6,
+            "share": {name: v / total for name, v in parts.items()} if total > 0 else {},
+            "top_us_per_rt": {name: round(v, 1) for name, v in ranked}}
+
+
+
 # ---------------------------------------------------------------- round trips
 def _pingpong(ps: Procs, port: int, n: int) -> dict[str, Any]:
     p = tcp_peer(ps, "--timeout", "60", "pingpong", "127.0.0.1", str(port), "-n", str(n), "--size", "64")
@@ -320,6 +420,7 @@ def main() -> None:
         print(prof["result"])
         print(prof["connect"])
         print(prof["listen"])
+        print(json.dumps(profile_latency(), indent=1))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ install what is missing (a missing tool's rows read "not measured"). The WAN,
 first-byte parts need root (network namespaces, TUN devices). What it runs:
 
 1. loopback bulk, one connection (``loopback.bulk_suite``), medians of
-   ``--runs`` interleaved rounds, and one cProfile'd tou transfer;
+   ``--runs`` interleaved rounds, and one cProfile'd tou transfer (step "profile",
+   which also profiles tou's 64-byte round trips for target 5);
 2. the emulated WAN matrix (``wan.matrix``) and the emulator's own ceiling;
 3. time to first byte of a forwarded connection at 100 ms RTT (``first_byte``);
 4. 1000 concurrent forwarded connections (``many_conns``);
@@ -132,6 +133,7 @@ def section(data: dict) -> str:
     mc = res.get("conns") or {}
     lat = res.get("latency") or {}
     prof = res.get("profile") or {}
+    lprof = res.get("latency_profile") or {}
 
     # ---- targets
     tou_bulk = b.get("tou (DTLS, shared secret)", {}).get("mbps")
@@ -212,6 +214,9 @@ def section(data: dict) -> str:
                 "turn, TCP engine receive and send, seal/open, codec; four passes per round trip")
         cpu = lat.get("tou forward (warm)", {}).get("cpu_us_per_rt")
         lim5 += f", {cpu:.0f} µs of CPU per round trip in the two processes without busy polling)" if cpu else ")"
+        if lprof.get("share"):
+            lim5 += (". Where that CPU goes, cProfile of both processes: " +
+                     ", ".join(f"{name} {share:.0%}" for name, share in lprof["share"].items()))
     if "latency" in ran:
         shown = f1(tou_rtt, ' µs') + (f"; {tou_busy:.0f} µs with `--busy-poll {loopback.BUSY_POLL_US}`" if tou_busy else "")
         T.append(f"| 5 | 64-byte round trip on loopback: median ≤ 150 µs | {shown} | {met(t5_ok)} | {lim5} |")
@@ -312,6 +317,23 @@ def section(data: dict) -> str:
             each = ", ".join(str(v) for v in r.get("run_medians_us", []))
             L.append(f"| {k} | {r['median_us']:.0f} | {r['p99_us']:.0f} | {vs} | {each} |")
         L.append("")
+        if lprof.get("share"):
+            L.append(f"Where tou's CPU goes per round trip (`loopback.profile_latency`): both `tou forward` processes "
+                     f"under cProfile, blocking; a ping-pong of 1 round trip subtracted from one of "
+                     f"{lprof['round_trips'] + 1}, so start-up is left out. {lprof['profiled_us_per_rt']:.0f} µs of "
+                     f"own time per round trip under the profiler ({lprof['cpu_us_per_rt_profiled']:.0f} µs of CPU); "
+                     "the profiler inflates Python calls, not system calls, so the shares matter, not the µs.")
+            L.append("")
+            L.append("| part | share |")
+            L.append("|---|---|")
+            L.extend(f"| {name} | {share:.0%} |" for name, share in lprof["share"].items())
+            L.append("")
+            L.append("Top functions by own time, µs per round trip under the profiler: " +
+                     ", ".join(f"`{name}` {us}" for name, us in lprof.get("top_us_per_rt", {}).items()) + ".")
+            L.append("")
+        elif lprof:
+            L.append(f"Round-trip profile: {why(lprof)}")
+            L.append("")
     L.append("Not measured by this suite: aioquic on the emulated WAN, kcptun with 1000 connections.")
     L.append("")
     # leave out the parts this invocation did not run
@@ -370,6 +392,8 @@ def main() -> None:
         R["profile"] = step("1b. tou bulk under cProfile", lambda: loopback.profile_tou(1_000_000_000))
         for side in ("connect", "listen"):
             print(R["profile"].get(side, ""))
+        R["latency_profile"] = step("5b. tou round trips under cProfile", loopback.profile_latency)
+        log(f"round-trip profile: {R['latency_profile']}")
     if "wan" in steps:
         if not root or "ip" in missing:
             R["wan"] = {"error": "needs root and iproute2 (network namespaces, TUN)"}
