@@ -864,38 +864,42 @@ class SecureEndpoint:
     # --- timers ------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """The earliest time :meth:`handle_timer` has work to do, or None."""
-        best: float | None = None
+        """The earliest time :meth:`handle_timer` has work to do, or None.
 
-        def consider(t: float | None) -> None:
-            nonlocal best
-            if t is not None and (best is None or t < best):
-                best = t
-
+        Asked after every service round, so it collects candidates in a list and takes
+        one ``min`` rather than comparing through a helper per candidate."""
+        times: list[float] = []
+        add = times.append
         cfg = self.config
-        for assoc in list(self._by_id.values()) + list(self._by_addr.values()):
-            if assoc.state == FAILED:
-                consider(assoc.tombstone_until)
-            elif assoc.state in (HANDSHAKE, PROOF):
-                consider(assoc.hs.deadline)
-                consider(assoc.proof_deadline)
-                consider(assoc.started + cfg.handshake_timeout)
+        for table in (self._by_id, self._by_addr):
+            for assoc in table.values():
+                st = assoc.state
+                if st == FAILED:
+                    add(assoc.tombstone_until)
+                elif st == HANDSHAKE or st == PROOF:
+                    if assoc.hs.deadline is not None:
+                        add(assoc.hs.deadline)
+                    if assoc.proof_deadline is not None:
+                        add(assoc.proof_deadline)
+                    add(assoc.started + cfg.handshake_timeout)
+        client = self.role == CLIENT
         for session in self._sessions:
             if session.state != "established":
                 continue
-            if session._rekey_wanted and session._pending is None and self.role == CLIENT:
-                consider(session._rekey_retry_at or 0.0)
             if session._previous is not None:
-                consider(session._previous_until)
-            cur = session._current
-            if self.role == CLIENT:
-                consider(max(session.last_rx, session._last_ping) + cfg.ping_interval)
-                consider(session.last_rx + cfg.dead_after)
+                add(session._previous_until)
+            if client:
+                if session._rekey_wanted and session._pending is None:
+                    add(session._rekey_retry_at or 0.0)
+                last_rx = session.last_rx
+                add(max(last_rx, session._last_ping) + cfg.ping_interval)
+                add(last_rx + cfg.dead_after)
+                cur = session._current
                 if cur is not None and session._pending is None:
-                    consider(cur.ready_at + cfg.rekey_after_seconds)
+                    add(cur.ready_at + cfg.rekey_after_seconds)
             else:
-                consider(session.last_rx + cfg.idle_timeout)
-        return best
+                add(session.last_rx + cfg.idle_timeout)
+        return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         """Retransmit, time out, ping, rekey and expire whatever is due at ``now``."""
