@@ -409,3 +409,32 @@ def test_receive_window_does_not_grow_without_reading():
     # the engine rounds the remaining window up rather than shrink it (RFC 7323 §2.4).
     assert 64 << 10 <= cb.readable < (64 << 10) + 2048
     assert cb.stats()["rcv_wnd"] == 0
+
+
+@pytest.mark.parametrize("cfg", [ConnectionConfig(congestion_control="bbr"),
+                                 ConnectionConfig(congestion_control="cubic", timestamps=False)],
+                         ids=["bbr+timestamps", "cubic"])
+@pytest.mark.parametrize("seed", [3, 11])
+def test_header_prediction_is_only_a_shortcut(monkeypatch, seed, cfg):
+    """The fast path for in-order segments (``Connection._predicted``) must do exactly what
+    the general path does: the same seeded run, with and without it, ends identically
+    (every counter of both connections, both links, the virtual time it took)."""
+    from toucli.stack.connection import Connection
+
+    p = dict(delay=0.01, jitter=0.001, rate_bps=20e6, loss=0.01, duplicate=0.005)
+    real = Connection._predicted
+    taken = [0]
+
+    def counted(self, seg, now):
+        ok = real(self, seg, now)
+        taken[0] += ok
+        return ok
+
+    monkeypatch.setattr(Connection, "_predicted", counted)
+    fast = transfer(p, MB, 500 * KB, seed=seed, config=cfg)
+    monkeypatch.setattr(Connection, "_predicted", lambda self, seg, now: False)
+    slow = transfer(p, MB, 500 * KB, seed=seed, config=cfg)
+    assert_ok(fast)
+    assert taken[0] > 40           # the shortcut was really taken
+    assert (fast.now, fast.link_ab, fast.link_ba) == (slow.now, slow.link_ab, slow.link_ba)
+    assert fast.a.stats == slow.a.stats and fast.b.stats == slow.b.stats

@@ -800,10 +800,12 @@ class Connection:
     def _predicted(self, seg: Segment, now: float) -> bool:
         """Header prediction (Jacobson, RFC 1185 era; 4.4BSD tcp_input's fast path).
 
-        An in-order segment on an ESTABLISHED connection that is either a pure ACK of
-        new data or pure in-order data with no new ACK, with a timestamp that passes
-        PAWS, needs none of the general checks: every one of them would pass. Returns
-        False (nothing changed) for anything else.
+        An in-order segment on an ESTABLISHED connection that acknowledges new data
+        (with nothing SACKed), or carries in-order data that fits the window, or both
+        (an interactive reply), with a timestamp that passes PAWS, needs none of the
+        general checks: every one of them would pass. Returns False (nothing changed)
+        for anything else. ``test_header_prediction_is_only_a_shortcut`` checks that a
+        lossy simulated transfer ends identically with and without this path.
         """
         tsval = seg.tsval
         if self.ts_ok and (tsval is None or ((tsval - self.ts_recent) & MASK) >= HALF):
@@ -812,11 +814,14 @@ class Connection:
         ack = snd_una + seq_sub(seg.ack, (self.iss + snd_una) & MASK)
         payload = seg.payload
         rcv_nxt = self.rcv_nxt
-        if payload:
-            if (ack != snd_una or self.ooo.total or self.fin_rcvd_off is not None
-                    or len(payload) > self.rcv_adv - rcv_nxt):
+        if payload and (self.ooo.total or self.fin_rcvd_off is not None
+                        or len(payload) > self.rcv_adv - rcv_nxt):
+            return False
+        new_ack = ack != snd_una
+        if new_ack:
+            if ack < snd_una or ack > self.snd_max or self.sacked.total:
                 return False
-        elif ack <= snd_una or ack > self.snd_max or self.sacked.total:
+        elif not payload:
             return False
         self._last_recv = now
         self._keepalive_sent = 0
@@ -824,13 +829,13 @@ class Connection:
             self.ts_recent = tsval
             self.ts_recent_time = now
         self._update_window(seg, rcv_nxt, ack)
-        if payload:
-            self._receive_data(rcv_nxt, payload, now)
-        else:
+        if new_ack:
             self.rs.reset(self.snd_max - snd_una if self._rate_cc else 0)
             delivered_before = self.delivered
             self._ack_advanced(ack, ack - snd_una, seg, now)
             self._rate_finish(now, delivered_before, self._lost_marked)
+        if payload:
+            self._receive_data(rcv_nxt, payload, now)
         return True
 
     def _receive_syn_sent(self, seg: Segment, now: float) -> None:
@@ -1826,14 +1831,26 @@ class Connection:
 
     def _send_data(self, out: list[Segment], now: float) -> None:
         """RFC 6675 §5 NextSeg loop plus new data under cwnd, the peer's window and the pacer."""
+        fin_off = self.fin_off
+        data_end = self.snd_buf_start + len(self.snd_buf) if fin_off is None else fin_off
+        self.pace_deadline = None
+        lost = self.lost
+        if self.snd_max == data_end and not lost.total and not self._tlp_pending and fin_off is None:
+            # Nothing to send (most calls on an interactive connection): what the loop
+            # below would conclude, without its pacer refill and window arithmetic.
+            self.limited_by = "app"
+            if self._app_backlog:
+                self.limited_by = "sndbuf"
+            else:
+                pipe = self._pipe()
+                if pipe < (self._recovery_cwnd if self.prr.active else self.cc.cwnd):
+                    self._app_limited_until = max(self.delivered + pipe, 1)
+            return
         mss = self.eff_mss
         cwnd = self._recovery_cwnd if self.prr.active else self.cc.cwnd
         pipe = self._pipe()
-        fin_off = self.fin_off
-        data_end = self.snd_buf_start + len(self.snd_buf) if fin_off is None else fin_off
         was_idle = self.snd_max == self.snd_una
         sent_any = sent_new = False
-        self.pace_deadline = None
         if self._tlp_pending:
             self._tlp_pending = False
             self._send_probe(out, now, data_end)
@@ -1842,7 +1859,6 @@ class Connection:
         pacer = self.pacer if rate > 0.0 else None
         if pacer is not None:
             pacer.refill(now, rate, mss, self.cc.queue_standing())
-        lost = self.lost
         while True:
             room = cwnd - pipe
             # 1. Retransmit lost octets, lowest first. The first retransmission of a
