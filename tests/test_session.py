@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from securenet import (CLIENT_ADDR, CLIENT_KEY, OTHER_KEY, SERVER_ADDR, SERVER_KEY, Net, connect,
                        key_pair_endpoints, secret_endpoints, segment)
 from toucli.record import FAST_PATH_SEQ_BASE
-from toucli.session import (REASON_CLIENT_KEY_REJECTED, REASON_CLOSED_BY_PEER, REASON_PEER_DEAD,
+from toucli.session import (REASON_CLIENT_KEY_REJECTED, REASON_CLOSED_BY_PEER, REASON_KEY_LIMIT, REASON_PEER_DEAD,
                             REASON_SECRET_MISMATCH, REASON_SERVER_KEY_REJECTED, REASON_UNKNOWN_CLIENT,
                             AuthenticationFailed, PeerAddressChanged, SecureConfig, SecureEndpoint,
                             SessionClosed, SessionEstablished, SessionRekeyed)
@@ -381,6 +381,75 @@ def test_rekey_after_time_limit() -> None:
     net.advance(70.0)
     assert net.client.counters["rekeys"] == 2
     assert ss.established and cs.established
+
+
+def test_rekey_when_only_received_records_reach_the_limit() -> None:
+    """A client that only downloads still rekeys: the records it opens count, and its
+    kept timer deadline comes forward when they reach the limit."""
+    net, cs, ss = connect(*key_pair_endpoints(config=SecureConfig(rekey_after_records=50)))
+    for i in range(60):
+        net.send_s2c(ss, segment(i))
+    net.now += 0.01
+    assert net.client.next_deadline() <= net.now
+    net.advance(net.now + 0.5)
+    assert net.client.counters["rekeys"] == 1 and cs.established and ss.established
+
+
+def test_server_ends_a_session_that_outlives_the_hard_record_limit() -> None:
+    config = SecureConfig(rekey_after_records=1 << 30, hard_record_limit=40)
+    net, cs, ss = connect(*key_pair_endpoints(config=config))
+    for i in range(45):
+        net.send_c2s(cs, segment(i))
+    assert net.server.next_deadline() <= net.now
+    net.advance(net.now + 0.1)
+    [closed] = [e for e in net.server_events if isinstance(e, SessionClosed)]
+    assert closed.reason == REASON_KEY_LIMIT and ss.state == "closed"
+
+
+def test_many_sessions_data_records_do_not_rescan_timers(monkeypatch) -> None:
+    """With 200 clients, a data record, a timer call that finds nothing due and the
+    next-deadline question cost the same as with one: the server's earliest deadline is
+    kept, and recomputed only after something that can move a deadline earlier (here,
+    a new handshake)."""
+    server = SecureEndpoint("server", key_pair_endpoints()[1].auth)
+    clients = []
+    now = 0.0
+    for i in range(200):
+        client = SecureEndpoint("client", key_pair_endpoints()[0].auth)
+        addr = ("192.0.2.50", 20000 + i)
+        cs = client.connect(SERVER_ADDR, now)
+        for _ in range(8):
+            for data, _a in client.datagrams_to_send(now):
+                server.datagram_received(data, addr, now)
+            for data, a in server.datagrams_to_send(now):
+                if a == addr:
+                    client.datagram_received(data, SERVER_ADDR, now)
+        assert cs.established
+        clients.append((client, cs, addr))
+    scans = []
+    real = SecureEndpoint._compute_deadline
+    monkeypatch.setattr(SecureEndpoint, "_compute_deadline", lambda self: scans.append(1) or real(self))
+    first = server.next_deadline()
+    assert len(scans) == 1 and first is not None
+    now = 1.0
+    for client, cs, addr in clients:
+        got = server.datagram_received(client.seal_segment(cs, segment(7)), addr, now)
+        assert [seg for _, seg in got] == [segment(7)]
+        server.handle_timer(now)                 # as the runtime does at an engine timer
+        assert server.next_deadline() == first   # a kept deadline is early, never late
+    assert len(scans) == 1
+    late = SecureEndpoint("client", key_pair_endpoints()[0].auth)
+    late.connect(SERVER_ADDR, now)
+    for data, _a in late.datagrams_to_send(now):      # a ClientHello: only a stateless cookie
+        server.datagram_received(data, ("192.0.2.51", 1), now)
+    server.next_deadline()
+    assert len(scans) == 1
+    for data, _a in server.datagrams_to_send(now):
+        late.datagram_received(data, SERVER_ADDR, now)
+    for data, _a in late.datagrams_to_send(now):      # with the cookie: a handshake, a timer
+        server.datagram_received(data, ("192.0.2.51", 1), now)
+    assert server.next_deadline() <= now + SecureConfig().handshake_timeout
+    assert len(scans) == 2
 
 
 # --- roaming ----------------------------------------------------------------------------

@@ -351,6 +351,15 @@ class SecureEndpoint:
         self._sessions: set[Session] = set()
         self._outbox: list[tuple[bytes, Addr]] = []
         self._events: deque[Any] = deque()
+        # next_deadline() is asked after every service round and handle_timer() at every
+        # engine timer, so both must not walk every session each time (a server with a
+        # thousand clients). The earliest deadline is kept and recomputed only when
+        # something may have moved a deadline earlier; a data record only moves its
+        # session's later (last_rx), so a kept deadline is never late, at worst early.
+        self._deadline: float | None = None
+        self._deadline_stale = True
+        self._record_limit = (self.config.rekey_after_records if role == CLIENT
+                              else self.config.hard_record_limit)
 
     # --- peer judgement (called from OpenSSL's verify callback) ----------------------
 
@@ -383,6 +392,7 @@ class SecureEndpoint:
         session = Session(CLIENT, addr, now)
         self._sessions.add(session)
         self._start_client_handshake(session, now, prev=None)
+        self._deadline_stale = True
         return session
 
     def close(self, session: Session, now: float, reason: str = REASON_CLOSED_LOCALLY) -> None:
@@ -393,6 +403,7 @@ class SecureEndpoint:
         if assoc is not None and assoc.keys is not None:
             self._send_record(assoc, _ALERT.pack(1, ALERT_CLOSE_NOTIFY), CT_ALERT, force=True)
         self._end_session(session, reason)
+        self._deadline_stale = True
 
     def seal_segment(self, session: Session, segment: bytes | bytearray | memoryview) -> bytes | None:
         """One datagram carrying ``segment`` for ``session.peer_addr``, or None (see module doc)."""
@@ -408,8 +419,8 @@ class SecureEndpoint:
                 return None
             session._budget -= size
         out = keys.seal(segment, assoc.prefix)
-        if keys.sealed + keys.opened >= self.config.rekey_after_records:
-            session._rekey_wanted = True
+        if keys.sealed + keys.opened >= self._record_limit:
+            self._records_spent(session)
         self.counters["datagrams_out"] += 1
         self.counters["segments_out"] += 1
         self.counters["bytes_out"] += len(out)
@@ -458,18 +469,21 @@ class SecureEndpoint:
         counters["bytes_in"] += len(data)
         out: list[tuple[Session, bytes]] = []
         try:
-            self._receive(data, addr, now, out)
+            if self._receive(data, addr, now, out):
+                self._deadline_stale = True
         except Exception:  # a bug or an OpenSSL surprise must not reach the runtime
             counters["drop_malformed"] += 1
+            self._deadline_stale = True
         return out
 
-    def _receive(self, data: bytes, addr: Addr, now: float, out: list[tuple[Session, bytes]]) -> None:
+    def _receive(self, data: bytes, addr: Addr, now: float, out: list[tuple[Session, bytes]]) -> bool:
+        """Returns True if a timer may have moved (anything but a data record or a drop)."""
         counters = self.counters
         # The GUE header is not authenticated, so only tou's exact layout is accepted
         # (PROTOCOL.md §5.2): a flipped bit in it drops the datagram.
         if len(data) < GUE_HEADER_LEN + RECORD_HEADER_LEN or data[:8] != _HEAD:
             counters["drop_malformed"] += 1
-            return
+            return False
         off = GUE_HEADER_LEN
         sid = _U32.unpack_from(data, 8)[0]
         ctype = data[off]
@@ -481,32 +495,32 @@ class SecureEndpoint:
             assoc = self._by_addr.get(addr)
             if assoc is None or (sid and assoc.id and assoc.id != sid):
                 if sid == 0 and self.role == SERVER and ctype == CT_HANDSHAKE and epoch == 0:
-                    self._listen(record, addr, now)
-                else:
-                    counters["drop_unknown_session"] += 1
-                return
+                    return self._listen(record, addr, now)
+                counters["drop_unknown_session"] += 1
+                return False
         if sid and self.role == SERVER and self._by_addr.get(assoc.addr) is assoc:
             del self._by_addr[assoc.addr]          # the client knows the ID now
         if assoc.state == FAILED:
             if assoc.alert_datagram is not None and addr == assoc.addr:
                 self._outbox.append((assoc.alert_datagram, addr))
-            return
+            return False
         if assoc.keys is not None and epoch == APPLICATION_EPOCH and ctype != CT_HANDSHAKE:
-            self._open(assoc, data, off, addr, now, out)
-            return
+            return self._open(assoc, data, off, addr, now, out)
         if sid == 0 and addr != assoc.addr:
             counters["drop_unknown_session"] += 1
-            return
+            return False
         self._feed_handshake(assoc, bytes(record), sid, now)
+        return True
 
-    def _listen(self, record: bytes, addr: Addr, now: float) -> None:
-        """Server: stateless cookie exchange; state only once the cookie verifies."""
+    def _listen(self, record: bytes, addr: Addr, now: float) -> bool:
+        """Server: stateless cookie exchange; state only once the cookie verifies.
+        True if it made a handshake (and so a timer)."""
         conn, reply = listen(self._ctx, self._cookies, bytes(record), addr, now)
         if conn is None:
             for rec in reply:
                 self._outbox.append((_gue_prefix(0) + rec, addr))
                 self.counters["hello_verify_sent"] += 1
-            return
+            return False
         hs = Handshake(conn, True, now, rto=self.config.handshake_rto,
                        rto_max=self.config.handshake_rto_max)
         assoc = _Association(hs, addr, now, self._new_id())
@@ -515,6 +529,7 @@ class SecureEndpoint:
         self.counters["handshakes_started"] += 1
         hs.step(now)
         self._after_handshake_io(assoc, now)
+        return True
 
     def _new_id(self) -> int:
         while True:
@@ -714,7 +729,8 @@ class SecureEndpoint:
     # --- fast path receive ------------------------------------------------------------
 
     def _open(self, assoc: _Association, data: bytes, off: int, addr: Addr, now: float,
-              out: list[tuple[Session, bytes]]) -> None:
+              out: list[tuple[Session, bytes]]) -> bool:
+        """Open an application-epoch record; True if a timer may have moved (see _receive)."""
         keys = assoc.keys
         assert keys is not None
         res = keys.open(data, off)
@@ -731,31 +747,38 @@ class SecureEndpoint:
                     session.drop_auth += 1
             else:
                 counters["drop_malformed"] += 1
-            return
+            return False
         ctype, pt, newest = res
+        moved = False
         if session is not None:
-            session.last_rx = now
+            session.last_rx = now          # moves its deadlines later only
             session.datagrams_in += 1
             session.bytes_in += len(data) - off
             if addr != session.peer_addr and newest and self.role == SERVER:
                 self._peer_moved(session, addr, now)
+                moved = True
             if not session._addr_verified and addr == session.peer_addr:
                 session._budget += self.config.amplification_factor * len(data)
+            if keys.sealed + keys.opened >= self._record_limit:
+                self._records_spent(session)
         if ctype == CT_APPLICATION_DATA:
             if len(pt) >= MIN_TCP_SEGMENT:
                 if assoc.state == LINKED and session is not None:
                     self._switch(session, assoc, now)
+                    moved = True
                 if assoc.state != READY or session is None or session.state != "established":
                     counters["drop_not_established"] += 1
-                    return
+                    return moved
                 counters["segments_in"] += 1
                 out.append((session, pt))
-            else:
-                self._control(assoc, pt, addr, now)
+                return moved
+            self._control(assoc, pt, addr, now)
         elif ctype == CT_ALERT and len(pt) == 2:
             self._alert(assoc, pt[0], pt[1], now)
         else:
             counters["drop_malformed"] += 1
+            return moved
+        return True
 
     def _control(self, assoc: _Association, pt: bytes, addr: Addr, now: float) -> None:
         kind = pt[0] if pt else 0
@@ -863,11 +886,22 @@ class SecureEndpoint:
 
     # --- timers ------------------------------------------------------------------------
 
-    def next_deadline(self) -> float | None:
-        """The earliest time :meth:`handle_timer` has work to do, or None.
+    def _records_spent(self, session: Session) -> None:
+        """An association reached its record limit: a client wants a rekey, a server
+        ends the session at its next timer (both through :meth:`handle_timer`)."""
+        if self.role == CLIENT:
+            session._rekey_wanted = True
+        self._deadline_stale = True
 
-        Asked after every service round, so it collects candidates in a list and takes
-        one ``min`` rather than comparing through a helper per candidate."""
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`handle_timer` has work to do, or None (kept between
+        calls; see ``_deadline_stale``)."""
+        if self._deadline_stale:
+            self._deadline = self._compute_deadline()
+            self._deadline_stale = False
+        return self._deadline
+
+    def _compute_deadline(self) -> float | None:
         times: list[float] = []
         add = times.append
         cfg = self.config
@@ -899,10 +933,17 @@ class SecureEndpoint:
                     add(cur.ready_at + cfg.rekey_after_seconds)
             else:
                 add(session.last_rx + cfg.idle_timeout)
+                cur = session._current
+                if cur is not None and cur.keys is not None and \
+                        cur.keys.sealed + cur.keys.opened >= cfg.hard_record_limit:
+                    add(0.0)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         """Retransmit, time out, ping, rekey and expire whatever is due at ``now``."""
+        if not self._deadline_stale and (self._deadline is None or now < self._deadline):
+            return                     # the runtime calls this at every engine timer too
+        self._deadline_stale = True
         cfg = self.config
         seen: set[int] = set()
         for assoc in list(self._by_id.values()) + list(self._by_addr.values()):
@@ -961,6 +1002,7 @@ class SecureEndpoint:
             session._rekey_wanted = True
             session._rekey_retry_at = now + self.config.handshake_timeout
             self._start_client_handshake(session, now, prev=session._current)
+            self._deadline_stale = True
 
     def _timeout_association(self, assoc: _Association) -> None:
         self.counters["handshakes_failed"] += 1
