@@ -263,3 +263,30 @@ def test_events_may_be_taken_before_output_without_losing_the_rst_of_an_abort():
     out = ep.segments_to_send(0.02)
     assert [(p, s.flags, s.seq) for p, s in out] == [("p", RST, (syn.seq + 1) & 0xFFFFFFFF)]
     assert ep.segments_to_send(0.03) == []
+
+
+def test_a_new_connection_times_its_syn_from_the_rtt_of_the_peers_path():
+    """RFC 9040 temporal/ensemble sharing: a second connection to a peer whose path a
+    first connection measured (100 ms) retransmits a lost SYN after 0.1 + 4 * 0.05 s (then
+    twice that), not after RFC 6298's initial 1 s; a connection to an unmeasured peer
+    still waits 1 s."""
+    t = Harness(test_config(), iss=1000)
+    t.establish(at=0.0, rtt=0.1)
+    assert t.ep.path_rtt["peer"] == pytest.approx((0.1, 0.05))
+    t.connect(at=0.2, local_port=40001)
+    t.connect(at=0.2, peer="elsewhere", local_port=40002)
+    t.pop_output()
+    t.advance(1.3)
+    resent = [(round(at, 3), p) for at, p, s in t.pop_output() if s.flags & SYN]
+    assert resent == [(0.5, "peer"), (1.1, "peer"), (1.2, "elsewhere")]   # then backed off
+
+
+def test_the_listener_side_shares_the_path_rtt_too():
+    t = Harness(test_config(), iss=1000, local_port=80, remote_port=40000)
+    t.listen(80)
+    t.accept(at=0.0, rtt=0.1)
+    assert t.ep.path_rtt["peer"] == pytest.approx((0.1, 0.05))
+    t.recv(Segment(40001, 80, 9000, 0, SYN, 30000, mss=1000), at=0.5)
+    t.pop_output()
+    t.advance(1.0)
+    assert [(round(at, 3), s.flags) for at, _, s in t.pop_output()] == [(0.8, SYN | ACK)]

@@ -162,3 +162,20 @@ def test_min_var_keeps_the_rto_that_far_above_srtt() -> None:
     short = RttEstimator(min_var=0.2)
     short.on_sample(0.001, now=0.0)
     assert short.rto == pytest.approx(0.001 + 0.2, abs=1e-3)
+
+
+def test_seed_from_the_path_sets_only_the_rto_before_the_first_sample() -> None:
+    """RFC 9040 §5/§6: another connection's SRTT/RTTVAR give the RTO; the first sample of
+    this connection still sets SRTT = R and RTTVAR = R/2 (RFC 6298 §2.2)."""
+    e = RttEstimator()
+    e.seed(0.1, 0.01)
+    assert e.srtt is None
+    assert e.rto == pytest.approx(0.2)          # 0.1 + 4 * 0.01, clamped to min_rto 0.2
+    e.seed(0.5, 0.1)
+    assert e.rto == pytest.approx(0.9)          # the newest path estimate wins before a sample
+    e.on_sample(0.3, now=1.0)
+    assert e.srtt == pytest.approx(0.3) and e.rttvar == pytest.approx(0.15)
+    e.seed(0.01, 0.0)                           # after a sample of its own: ignored
+    assert e.rto == pytest.approx(0.9)
+    with pytest.raises(LocalError):
+        RttEstimator().seed(-1.0, 0.0)

@@ -20,6 +20,12 @@ and while fewer than ``max_tfo_pending`` such connections are still in SYN-RECEI
 a wrong one. As a client it keeps the cookies it learned, with the server's MSS, in
 ``tfo_cookies`` (per peer, at most ``TFO_CACHE_SIZE``), and ``connect(..., data=)``
 puts data in the SYN when it holds a cookie for the peer.
+
+RTT sharing (RFC 9040 §5 temporal, §6 ensemble): ``path_rtt`` keeps, per peer, the
+SRTT and RTTVAR of the connection to it that was serviced last (at most
+``PATH_CACHE_SIZE`` peers). A new connection to that peer, active or passive, times
+its SYN or SYN-ACK from them instead of the 1 s of RFC 6298 §2.1: a lost SYN on a
+warm tunnel costs a few round trips, not a second.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from .seq import MASK, seq_gt
 ISN_TICK = 250_000   # RFC 6528 §3: M is a timer that ticks every 4 microseconds
 TFO_COOKIE_LEN = 8   # RFC 7413 §4.1.2 recommends 8 bytes
 TFO_CACHE_SIZE = 4096   # peers whose cookie a client remembers
+PATH_CACHE_SIZE = 4096  # peers whose RTT the endpoint remembers
 
 
 class Endpoint:
@@ -70,6 +77,7 @@ class Endpoint:
         self._tfo_pending = 0
         self.tfo_accepted = 0       # SYNs whose data was accepted
         self.tfo_refused = 0        # SYNs with data that was not (bad cookie, or too many pending)
+        self.path_rtt: dict[Hashable, tuple[float, float]] = {}   # peer -> (SRTT, RTTVAR), RFC 9040
 
     # ------------------------------------------------------------ identities
     def _hash(self, label: bytes, peer: Hashable, lport: int, rport: int) -> int:
@@ -129,6 +137,7 @@ class Endpoint:
                           ts_offset=self._ts_offset(peer, local_port, remote_port), events=self.events)
         self.connections[key] = conn
         conn.wake = self._touch
+        self._share_rtt(conn)
         tfo = None
         if conn.config.fast_open:
             conn.tfo_cache = self.tfo_cookies
@@ -175,6 +184,7 @@ class Endpoint:
                               self._isn(peer, seg.dport, seg.sport, now), now, peer=peer,
                               ts_offset=self._ts_offset(peer, seg.dport, seg.sport), events=self.events)
             conn.wake = self._touch
+            self._share_rtt(conn)
             tfo_data = False
             give_cookie = None
             if self.config.fast_open and seg.tfo_cookie is not None:
@@ -259,10 +269,22 @@ class Endpoint:
                 conn._tfo_counted = False
                 self._tfo_pending -= 1
 
+    def _share_rtt(self, conn: Connection) -> None:
+        """A new connection starts from what its peer's path is known to take (RFC 9040)."""
+        known = self.path_rtt.get(conn.peer)
+        if known is not None:
+            conn.rtt.seed(*known)
+
     def _schedule(self, conn: Connection) -> None:
         key = (conn.peer, conn.local_port, conn.remote_port)
         if self.connections.get(key) is not conn:
             return
+        rtt = conn.rtt
+        if rtt.srtt is not None:
+            path = self.path_rtt
+            if conn.peer not in path and len(path) >= PATH_CACHE_SIZE:
+                del path[next(iter(path))]   # forget the oldest peer
+            path[conn.peer] = (rtt.srtt, rtt.rttvar)
         t = conn.next_deadline()
         if t is None:
             self._armed.pop(key, None)

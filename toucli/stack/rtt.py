@@ -13,6 +13,11 @@ Sans-I/O: every sample arrives with the caller's ``now``; nothing reads a clock.
   max_rto. A fresh, valid sample collapses the backoff (Karn's algorithm: the
   caller only passes samples that are unambiguous, e.g. from timestamps or from
   segments that were never retransmitted).
+* RFC 9040 §5-6 (TCB sharing of RTT): a new connection to a peer that another
+  connection has measured may start from that connection's SRTT and RTTVAR
+  (:meth:`RttEstimator.seed`). Only the RTO before the first sample comes from
+  them, as in Linux's tcp_init_metrics; the first sample of its own still sets
+  SRTT and RTTVAR as §2.2 says.
 * RFC 7323 Appendix G: with timestamps, many samples arrive per RTT; the caller
   passes ``samples_per_window`` = ExpectedSamples = ceil(FlightSize / (2*SMSS))
   and alpha, beta are divided by it, so SRTT/RTTVAR still move about as much
@@ -96,6 +101,15 @@ class RttEstimator:
     def backoffs(self) -> int:
         """Number of consecutive RTO backoffs since the last valid sample or reset."""
         return self._backoffs
+
+    def seed(self, srtt: float, rttvar: float) -> None:
+        """Before any sample: take the RTO the path's SRTT and RTTVAR, measured by another
+        connection to the same peer, give (RFC 9040 §5 and §6) instead of ``initial_rto``."""
+        if not (srtt >= 0.0 and rttvar >= 0.0):
+            raise LocalError(f"need srtt, rttvar >= 0, got {srtt!r}, {rttvar!r}")
+        if self.srtt is None and self._backoffs == 0:
+            var_term = K * rttvar
+            self._base_rto = self._clamp(srtt + (var_term if var_term > self.min_var else self.min_var))
 
     def on_sample(self, rtt: float, now: float, samples_per_window: int = 1) -> None:
         """Feed one valid RTT measurement ``rtt`` (seconds) taken at ``now``.
