@@ -294,7 +294,6 @@ def profile_latency(n: int = 3000, top: int = 8) -> dict[str, Any]:
             "top_us_per_rt": {name: round(v, 1) for name, v in ranked}}
 
 
-
 # ---------------------------------------------------------------- round trips
 def _pingpong(ps: Procs, port: int, n: int) -> dict[str, Any]:
     p = tcp_peer(ps, "--timeout", "60", "pingpong", "127.0.0.1", str(port), "-n", str(n), "--size", "64")
