@@ -322,7 +322,8 @@ def section(data: dict) -> str:
                      f"under cProfile, blocking; a ping-pong of 1 round trip subtracted from one of "
                      f"{lprof['round_trips'] + 1}, so start-up is left out. {lprof['profiled_us_per_rt']:.0f} µs of "
                      f"own time per round trip under the profiler ({lprof['cpu_us_per_rt_profiled']:.0f} µs of CPU); "
-                     "the profiler inflates Python calls, not system calls, so the shares matter, not the µs.")
+                     "the profiler adds a fixed cost to every call, which weighs on short Python functions far "
+                     "more than on system calls, so the shares matter, not the µs.")
             L.append("")
             L.append("| part | share |")
             L.append("|---|---|")
