@@ -272,7 +272,8 @@ def test_a_new_connection_times_its_syn_from_the_rtt_of_the_peers_path():
     still waits 1 s."""
     t = Harness(test_config(), iss=1000)
     t.establish(at=0.0, rtt=0.1)
-    assert t.ep.path_rtt["peer"] == pytest.approx((0.1, 0.05))
+    path = t.ep.path_rtt["peer"]
+    assert (path.srtt, path.rttvar) == pytest.approx((0.1, 0.05))
     t.connect(at=0.2, local_port=40001)
     t.connect(at=0.2, peer="elsewhere", local_port=40002)
     t.pop_output()
@@ -285,7 +286,8 @@ def test_the_listener_side_shares_the_path_rtt_too():
     t = Harness(test_config(), iss=1000, local_port=80, remote_port=40000)
     t.listen(80)
     t.accept(at=0.0, rtt=0.1)
-    assert t.ep.path_rtt["peer"] == pytest.approx((0.1, 0.05))
+    path = t.ep.path_rtt["peer"]
+    assert (path.srtt, path.rttvar) == pytest.approx((0.1, 0.05))
     t.recv(Segment(40001, 80, 9000, 0, SYN, 30000, mss=1000), at=0.5)
     t.pop_output()
     t.advance(1.0)

@@ -22,8 +22,8 @@ a wrong one. As a client it keeps the cookies it learned, with the server's MSS,
 puts data in the SYN when it holds a cookie for the peer.
 
 RTT sharing (RFC 9040 §5 temporal, §6 ensemble): ``path_rtt`` keeps, per peer, the
-SRTT and RTTVAR of the connection to it that was serviced last (at most
-``PATH_CACHE_SIZE`` peers). A new connection to that peer, active or passive, times
+RTT estimator of the connection to it that was serviced last, with a sample (at most
+``PATH_CACHE_SIZE`` peers; a reference, so the hot path allocates nothing). A new connection to that peer, active or passive, times
 its SYN or SYN-ACK from them instead of the 1 s of RFC 6298 §2.1: a lost SYN on a
 warm tunnel costs a few round trips, not a second.
 """
@@ -40,6 +40,7 @@ from .config import ConnectionConfig
 from .connection import Connection, State
 from .errors import LocalError
 from .events import Closed, Event
+from .rtt import RttEstimator
 from .segment import ACK, RST, SYN, Segment
 from .seq import MASK, seq_gt
 
@@ -77,7 +78,7 @@ class Endpoint:
         self._tfo_pending = 0
         self.tfo_accepted = 0       # SYNs whose data was accepted
         self.tfo_refused = 0        # SYNs with data that was not (bad cookie, or too many pending)
-        self.path_rtt: dict[Hashable, tuple[float, float]] = {}   # peer -> (SRTT, RTTVAR), RFC 9040
+        self.path_rtt: dict[Hashable, RttEstimator] = {}   # peer -> its path's latest estimator, RFC 9040
 
     # ------------------------------------------------------------ identities
     def _hash(self, label: bytes, peer: Hashable, lport: int, rport: int) -> int:
@@ -272,19 +273,19 @@ class Endpoint:
     def _share_rtt(self, conn: Connection) -> None:
         """A new connection starts from what its peer's path is known to take (RFC 9040)."""
         known = self.path_rtt.get(conn.peer)
-        if known is not None:
-            conn.rtt.seed(*known)
+        if known is not None and known.srtt is not None:
+            conn.rtt.seed(known.srtt, known.rttvar)
 
     def _schedule(self, conn: Connection) -> None:
         key = (conn.peer, conn.local_port, conn.remote_port)
         if self.connections.get(key) is not conn:
             return
         rtt = conn.rtt
-        if rtt.srtt is not None:
-            path = self.path_rtt
+        path = self.path_rtt
+        if rtt.srtt is not None and path.get(conn.peer) is not rtt:
             if conn.peer not in path and len(path) >= PATH_CACHE_SIZE:
                 del path[next(iter(path))]   # forget the oldest peer
-            path[conn.peer] = (rtt.srtt, rtt.rttvar)
+            path[conn.peer] = rtt
         t = conn.next_deadline()
         if t is None:
             self._armed.pop(key, None)
