@@ -1838,13 +1838,7 @@ class Connection:
         if self.snd_max == data_end and not lost.total and not self._tlp_pending and fin_off is None:
             # Nothing to send (most calls on an interactive connection): what the loop
             # below would conclude, without its pacer refill and window arithmetic.
-            self.limited_by = "app"
-            if self._app_backlog:
-                self.limited_by = "sndbuf"
-            else:
-                pipe = self._pipe()
-                if pipe < (self._recovery_cwnd if self.prr.active else self.cc.cwnd):
-                    self._app_limited_until = max(self.delivered + pipe, 1)
+            self._all_sent(self._pipe(), self._recovery_cwnd if self.prr.active else self.cc.cwnd)
             return
         mss = self.eff_mss
         cwnd = self._recovery_cwnd if self.prr.active else self.cc.cwnd
@@ -1893,12 +1887,8 @@ class Connection:
                 if fin_off is not None:
                     self._send_new(out, fin_off, fin_off + 1, now)
                     sent_any = sent_new = True
-                elif self._app_backlog:
-                    self.limited_by = "sndbuf"    # the application waits for room, not for data
-                elif pipe < cwnd:
-                    # draft-cheng-iccrg-delivery-rate-estimation §3.4: the application, not
-                    # the network, limits us; samples until this data is delivered are low.
-                    self._app_limited_until = max(self.delivered + pipe, 1)
+                else:
+                    self._all_sent(pipe, cwnd)
                 break
             wnd_room = self.snd_wnd_edge - self.snd_max
             usable = min(unsent, wnd_room, room)
@@ -1954,6 +1944,17 @@ class Connection:
             self._arm_rto(now)
             if sent_new and self._tlp_end is None and not self.in_recovery:
                 self._arm_tlp(now)
+
+    def _all_sent(self, pipe: int, cwnd: int) -> None:
+        """Every byte the application gave is out: it, not the network, limits us."""
+        if self._app_backlog:
+            self.limited_by = "sndbuf"    # the application waits for room, not for data
+            return
+        self.limited_by = "app"
+        if pipe < cwnd:
+            # draft-cheng-iccrg-delivery-rate-estimation §3.4: samples until this data is
+            # delivered are low.
+            self._app_limited_until = max(self.delivered + pipe, 1)
 
     def _pace_wait(self, now: float) -> None:
         self.pace_deadline = self.pacer.release_time(now)
