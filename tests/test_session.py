@@ -569,3 +569,42 @@ def test_restarted_server_is_detected_and_a_new_session_works() -> None:
     new = net.client.connect(SERVER_ADDR, net.now)
     net.advance(net.now + 3.0)
     assert new.established
+
+
+def _kept_deadline_is_never_late(ep: SecureEndpoint) -> None:
+    kept, true = ep.next_deadline(), ep._compute_deadline()
+    if true is not None:
+        assert kept is not None and kept <= true + 1e-9, (kept, true)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["c2s", "s2c", "tick", "timers", "rekey", "lossy", "clean", "roam"]),
+                max_size=40), st.integers(0, 2**16))
+def test_kept_deadline_is_never_later_than_a_fresh_one(steps: list[str], seed: int) -> None:
+    """Whatever happens (data both ways, timers, rekeys by time, records and hand, loss,
+    a client that moves), each side's kept deadline is at or before the one a full scan
+    gives, so :meth:`handle_timer` never skips due work."""
+    config = SecureConfig(rekey_after_records=12, hard_record_limit=1 << 20, ping_interval=2.0,
+                          dead_after=30.0, idle_timeout=30.0, rekey_after_seconds=3.0,
+                          previous_linger=0.3, handshake_rto=0.2)
+    net, cs, ss = connect(*key_pair_endpoints(config=config), seed=seed)
+    for i, step in enumerate(steps):
+        if step == "c2s" and cs.established:
+            net.send_c2s(cs, segment(i))
+        elif step == "s2c" and ss.established:
+            net.send_s2c(ss, segment(i))
+        elif step == "tick":
+            net.advance(net.now + 0.3)
+        elif step == "timers":
+            d = min(x for x in (net.client.next_deadline(), net.server.next_deadline(), net.now + 5)
+                    if x is not None)
+            net.advance(max(d, net.now))
+        elif step == "rekey" and cs.established and cs._pending is None:
+            net.client.rekey(cs, net.now)
+        elif step in ("lossy", "clean"):
+            net.loss = 0.3 if step == "lossy" else 0.0
+        elif step == "roam":
+            net.client_addr = (net.client_addr[0], net.client_addr[1] + 1)
+        net.deliver()
+        _kept_deadline_is_never_late(net.client)
+        _kept_deadline_is_never_late(net.server)
