@@ -124,9 +124,10 @@ def read_json_line(p: Proc, timeout: float) -> dict | None:
     deadline = time.monotonic() + timeout
     buf = b""
     fd = f.fileno()
+    poll = select.poll()          # not select.select: a bench may hold over 1024 descriptors
+    poll.register(fd, select.POLLIN)
     while time.monotonic() < deadline:
-        r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not r:
+        if not poll.poll(max(0.0, deadline - time.monotonic()) * 1000):
             break
         ch = os.read(fd, 1)
         if not ch:
