@@ -407,10 +407,10 @@ def test_server_ends_a_session_that_outlives_the_hard_record_limit() -> None:
 
 
 def test_many_sessions_data_records_do_not_rescan_timers(monkeypatch) -> None:
-    """With 200 clients, a data record, a timer call that finds nothing due and the
-    next-deadline question cost the same as with one: the server's earliest deadline is
-    kept, and recomputed only after something that can move a deadline earlier (here,
-    a new handshake)."""
+    """With 200 clients, a data record, a timer call that finds nothing due, a new
+    handshake and the next-deadline question cost the same as with one: the server's
+    earliest deadline is kept, a handshake brings it forward to its own timers, and only
+    a timer that does work leads to a full scan."""
     server = SecureEndpoint("server", key_pair_endpoints()[1].auth)
     clients = []
     now = 0.0
@@ -448,7 +448,10 @@ def test_many_sessions_data_records_do_not_rescan_timers(monkeypatch) -> None:
         late.datagram_received(data, SERVER_ADDR, now)
     for data, _a in late.datagrams_to_send(now):      # with the cookie: a handshake, a timer
         server.datagram_received(data, ("192.0.2.51", 1), now)
-    assert server.next_deadline() <= now + SecureConfig().handshake_timeout
+    assert server.next_deadline() <= now + SecureConfig().handshake_rto   # its retransmission
+    assert len(scans) == 1                            # brought forward without a scan
+    server.handle_timer(server.next_deadline())      # a timer that does work: one full scan after
+    server.next_deadline()
     assert len(scans) == 2
 
 
@@ -571,13 +574,33 @@ def test_restarted_server_is_detected_and_a_new_session_works() -> None:
     assert new.established
 
 
+def test_server_switching_on_a_data_record_keeps_its_deadline_for_the_old_keys() -> None:
+    """After a rekey the server switches when the client first uses the new keys. When the
+    client's switch ping is lost, that is a data record; the old association's linger end
+    must still become the server's next deadline (the kept deadline comes forward)."""
+    net, cs, ss = connect(*key_pair_endpoints(config=SecureConfig(previous_linger=0.1)))
+    net.client.rekey(cs, net.now)
+    old = cs._current
+    for _ in range(10):
+        for data, _a in net.client.datagrams_to_send(net.now):
+            if cs._current is old:                # once the client switched: its ping is lost
+                net.server.datagram_received(data, CLIENT_ADDR, net.now)
+        for data, _a in net.server.datagrams_to_send(net.now):
+            net.client.datagram_received(data, SERVER_ADDR, net.now)
+    assert cs._current is not old and ss._current is not cs._current   # server not switched yet
+    assert net.server.datagram_received(net.client.seal_segment(cs, segment(1)), CLIENT_ADDR,
+                                        net.now) == [(ss, segment(1))]
+    assert ss._current.id == cs._current.id and ss._previous is not None
+    assert net.server.next_deadline() <= net.now + 0.1
+
+
 def _kept_deadline_is_never_late(ep: SecureEndpoint) -> None:
     kept, true = ep.next_deadline(), ep._compute_deadline()
     if true is not None:
         assert kept is not None and kept <= true + 1e-9, (kept, true)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.sampled_from(["c2s", "s2c", "tick", "timers", "rekey", "lossy", "clean", "roam"]),
                 max_size=40), st.integers(0, 2**16))
 def test_kept_deadline_is_never_later_than_a_fresh_one(steps: list[str], seed: int) -> None:
@@ -586,9 +609,12 @@ def test_kept_deadline_is_never_later_than_a_fresh_one(steps: list[str], seed: i
     gives, so :meth:`handle_timer` never skips due work."""
     config = SecureConfig(rekey_after_records=12, hard_record_limit=1 << 20, ping_interval=2.0,
                           dead_after=30.0, idle_timeout=30.0, rekey_after_seconds=3.0,
-                          previous_linger=0.3, handshake_rto=0.2)
+                          previous_linger=0.1, handshake_rto=0.2)
     net, cs, ss = connect(*key_pair_endpoints(config=config), seed=seed)
     for i, step in enumerate(steps):
+        for ep in (net.client, net.server):    # start each step from a fresh scan, so that
+            ep._deadline_stale = True           # what the step itself did is what is checked
+            ep.next_deadline()
         if step == "c2s" and cs.established:
             net.send_c2s(cs, segment(i))
         elif step == "s2c" and ss.established:

@@ -353,9 +353,11 @@ class SecureEndpoint:
         self._events: deque[Any] = deque()
         # next_deadline() is asked after every service round and handle_timer() at every
         # engine timer, so both must not walk every session each time (a server with a
-        # thousand clients). The earliest deadline is kept and recomputed only when
-        # something may have moved a deadline earlier; a data record only moves its
-        # session's later (last_rx), so a kept deadline is never late, at worst early.
+        # thousand clients). The earliest deadline is kept: a data record only moves its
+        # session's deadlines later (last_rx), anything else that concerns one association
+        # brings the kept deadline forward to that association's and its session's
+        # (_touch), and a timer that did work means a full scan. A kept deadline is never
+        # late, at worst early.
         self._deadline: float | None = None
         self._deadline_stale = True
         self._record_limit = (self.config.rekey_after_records if role == CLIENT
@@ -392,7 +394,7 @@ class SecureEndpoint:
         session = Session(CLIENT, addr, now)
         self._sessions.add(session)
         self._start_client_handshake(session, now, prev=None)
-        self._deadline_stale = True
+        self._touch(session._pending)
         return session
 
     def close(self, session: Session, now: float, reason: str = REASON_CLOSED_LOCALLY) -> None:
@@ -469,21 +471,21 @@ class SecureEndpoint:
         counters["bytes_in"] += len(data)
         out: list[tuple[Session, bytes]] = []
         try:
-            if self._receive(data, addr, now, out):
-                self._deadline_stale = True
+            self._touch(self._receive(data, addr, now, out))
         except Exception:  # a bug or an OpenSSL surprise must not reach the runtime
             counters["drop_malformed"] += 1
             self._deadline_stale = True
         return out
 
-    def _receive(self, data: bytes, addr: Addr, now: float, out: list[tuple[Session, bytes]]) -> bool:
-        """Returns True if a timer may have moved (anything but a data record or a drop)."""
+    def _receive(self, data: bytes, addr: Addr, now: float,
+                 out: list[tuple[Session, bytes]]) -> _Association | None:
+        """Returns the association whose timers may have moved (None for a data record or a drop)."""
         counters = self.counters
         # The GUE header is not authenticated, so only tou's exact layout is accepted
         # (PROTOCOL.md §5.2): a flipped bit in it drops the datagram.
         if len(data) < GUE_HEADER_LEN + RECORD_HEADER_LEN or data[:8] != _HEAD:
             counters["drop_malformed"] += 1
-            return False
+            return None
         off = GUE_HEADER_LEN
         sid = _U32.unpack_from(data, 8)[0]
         ctype = data[off]
@@ -497,30 +499,30 @@ class SecureEndpoint:
                 if sid == 0 and self.role == SERVER and ctype == CT_HANDSHAKE and epoch == 0:
                     return self._listen(record, addr, now)
                 counters["drop_unknown_session"] += 1
-                return False
+                return None
         if sid and self.role == SERVER and self._by_addr.get(assoc.addr) is assoc:
             del self._by_addr[assoc.addr]          # the client knows the ID now
         if assoc.state == FAILED:
             if assoc.alert_datagram is not None and addr == assoc.addr:
                 self._outbox.append((assoc.alert_datagram, addr))
-            return False
+            return None
         if assoc.keys is not None and epoch == APPLICATION_EPOCH and ctype != CT_HANDSHAKE:
             return self._open(assoc, data, off, addr, now, out)
         if sid == 0 and addr != assoc.addr:
             counters["drop_unknown_session"] += 1
-            return False
+            return None
         self._feed_handshake(assoc, bytes(record), sid, now)
-        return True
+        return assoc
 
-    def _listen(self, record: bytes, addr: Addr, now: float) -> bool:
-        """Server: stateless cookie exchange; state only once the cookie verifies.
-        True if it made a handshake (and so a timer)."""
+    def _listen(self, record: bytes, addr: Addr, now: float) -> _Association | None:
+        """Server: stateless cookie exchange; state (the association returned) only once
+        the cookie verifies."""
         conn, reply = listen(self._ctx, self._cookies, bytes(record), addr, now)
         if conn is None:
             for rec in reply:
                 self._outbox.append((_gue_prefix(0) + rec, addr))
                 self.counters["hello_verify_sent"] += 1
-            return False
+            return None
         hs = Handshake(conn, True, now, rto=self.config.handshake_rto,
                        rto_max=self.config.handshake_rto_max)
         assoc = _Association(hs, addr, now, self._new_id())
@@ -529,7 +531,7 @@ class SecureEndpoint:
         self.counters["handshakes_started"] += 1
         hs.step(now)
         self._after_handshake_io(assoc, now)
-        return True
+        return assoc
 
     def _new_id(self) -> int:
         while True:
@@ -729,8 +731,8 @@ class SecureEndpoint:
     # --- fast path receive ------------------------------------------------------------
 
     def _open(self, assoc: _Association, data: bytes, off: int, addr: Addr, now: float,
-              out: list[tuple[Session, bytes]]) -> bool:
-        """Open an application-epoch record; True if a timer may have moved (see _receive)."""
+              out: list[tuple[Session, bytes]]) -> _Association | None:
+        """Open an application-epoch record; the association if a timer may have moved (see _receive)."""
         keys = assoc.keys
         assert keys is not None
         res = keys.open(data, off)
@@ -747,7 +749,7 @@ class SecureEndpoint:
                     session.drop_auth += 1
             else:
                 counters["drop_malformed"] += 1
-            return False
+            return None
         ctype, pt, newest = res
         moved = False
         if session is not None:
@@ -768,17 +770,17 @@ class SecureEndpoint:
                     moved = True
                 if assoc.state != READY or session is None or session.state != "established":
                     counters["drop_not_established"] += 1
-                    return moved
+                    return assoc if moved else None
                 counters["segments_in"] += 1
                 out.append((session, pt))
-                return moved
+                return assoc if moved else None
             self._control(assoc, pt, addr, now)
         elif ctype == CT_ALERT and len(pt) == 2:
             self._alert(assoc, pt[0], pt[1], now)
         else:
             counters["drop_malformed"] += 1
-            return moved
-        return True
+            return assoc if moved else None
+        return assoc
 
     def _control(self, assoc: _Association, pt: bytes, addr: Addr, now: float) -> None:
         kind = pt[0] if pt else 0
@@ -891,7 +893,23 @@ class SecureEndpoint:
         ends the session at its next timer (both through :meth:`handle_timer`)."""
         if self.role == CLIENT:
             session._rekey_wanted = True
-        self._deadline_stale = True
+        self._touch(None, session)
+
+    def _touch(self, assoc: _Association | None, session: Session | None = None) -> None:
+        """``assoc`` (and its session), or ``session``, changed: bring the kept deadline
+        forward to theirs. Nothing else changed, so the kept one stays right otherwise."""
+        if self._deadline_stale or (assoc is None and session is None):
+            return
+        times: list[float] = []
+        if assoc is not None:
+            self._association_times(assoc, times.append)
+            session = assoc.session
+        if session is not None:
+            self._session_times(session, times.append)
+        if times:
+            t = min(times)
+            if self._deadline is None or t < self._deadline:
+                self._deadline = t
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`handle_timer` has work to do, or None (kept between
@@ -902,42 +920,52 @@ class SecureEndpoint:
         return self._deadline
 
     def _compute_deadline(self) -> float | None:
+        """The full scan: every association and session."""
         times: list[float] = []
         add = times.append
-        cfg = self.config
         for table in (self._by_id, self._by_addr):
             for assoc in table.values():
-                st = assoc.state
-                if st == FAILED:
-                    add(assoc.tombstone_until)
-                elif st == HANDSHAKE or st == PROOF:
-                    if assoc.hs.deadline is not None:
-                        add(assoc.hs.deadline)
-                    if assoc.proof_deadline is not None:
-                        add(assoc.proof_deadline)
-                    add(assoc.started + cfg.handshake_timeout)
-        client = self.role == CLIENT
+                self._association_times(assoc, add)
         for session in self._sessions:
-            if session.state != "established":
-                continue
-            if session._previous is not None:
-                add(session._previous_until)
-            if client:
-                if session._rekey_wanted and session._pending is None:
-                    add(session._rekey_retry_at or 0.0)
-                last_rx = session.last_rx
-                add(max(last_rx, session._last_ping) + cfg.ping_interval)
-                add(last_rx + cfg.dead_after)
-                cur = session._current
-                if cur is not None and session._pending is None:
-                    add(cur.ready_at + cfg.rekey_after_seconds)
-            else:
-                add(session.last_rx + cfg.idle_timeout)
-                cur = session._current
-                if cur is not None and cur.keys is not None and \
-                        cur.keys.sealed + cur.keys.opened >= cfg.hard_record_limit:
-                    add(0.0)
+            self._session_times(session, add)
         return min(times) if times else None
+
+    def _association_times(self, assoc: _Association, add: Callable[[float], None]) -> None:
+        """The times :meth:`handle_timer` has work for ``assoc``: handshake retransmission,
+        proof retransmission, handshake timeout, end of a tombstone."""
+        st = assoc.state
+        if st == FAILED:
+            add(assoc.tombstone_until)
+        elif st == HANDSHAKE or st == PROOF:
+            if assoc.hs.deadline is not None:
+                add(assoc.hs.deadline)
+            if assoc.proof_deadline is not None:
+                add(assoc.proof_deadline)
+            add(assoc.started + self.config.handshake_timeout)
+
+    def _session_times(self, session: Session, add: Callable[[float], None]) -> None:
+        """The times :meth:`handle_timer` has work for ``session``: the old association's
+        end, and a client's rekey, ping and dead peer, or a server's idle timeout and key
+        limit."""
+        if session.state != "established":
+            return
+        cfg = self.config
+        if session._previous is not None:
+            add(session._previous_until)
+        cur = session._current
+        if self.role == CLIENT:
+            if session._rekey_wanted and session._pending is None:
+                add(session._rekey_retry_at or 0.0)
+            last_rx = session.last_rx
+            add(max(last_rx, session._last_ping) + cfg.ping_interval)
+            add(last_rx + cfg.dead_after)
+            if cur is not None and session._pending is None:
+                add(cur.ready_at + cfg.rekey_after_seconds)
+        else:
+            add(session.last_rx + cfg.idle_timeout)
+            if cur is not None and cur.keys is not None and \
+                    cur.keys.sealed + cur.keys.opened >= cfg.hard_record_limit:
+                add(0.0)
 
     def handle_timer(self, now: float) -> None:
         """Retransmit, time out, ping, rekey and expire whatever is due at ``now``."""
@@ -1002,7 +1030,7 @@ class SecureEndpoint:
             session._rekey_wanted = True
             session._rekey_retry_at = now + self.config.handshake_timeout
             self._start_client_handshake(session, now, prev=session._current)
-            self._deadline_stale = True
+            self._touch(session._pending)
 
     def _timeout_association(self, assoc: _Association) -> None:
         self.counters["handshakes_failed"] += 1
