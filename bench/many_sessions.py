@@ -5,7 +5,8 @@
 their own with the server and stay idle. This script plays those clients: one
 :class:`~toucli.session.SecureEndpoint` and one UDP socket each, with the suite's
 shared secret. For every N it times 64-byte round trips through the ``-L`` client
-(``tcp_peer.py pingpong``) and reads the server's CPU per round trip. The counts are
+(``tcp_peer.py pingpong``) and reads the server's CPU per round trip, and it reports how
+long the N handshakes took (``BATCH`` at a time) and the server's CPU per handshake. The counts are
 measured round-robin (the idle sessions are opened, then closed with close_notify),
 ``--rounds`` times; medians are printed.
 
@@ -111,7 +112,10 @@ def measure(counts: list[int], rounds: int = 2, n: int = 1000) -> dict[str, Any]
         idle = IdleClients(("127.0.0.1", uport))
         for r in range(rounds):
             for count in counts:
+                cpu0, t0 = fs.cpu_now(), time.monotonic()
                 up = idle.open(count)
+                opened = {"open_seconds": time.monotonic() - t0,
+                          "server_cpu_ms_per_handshake": (fs.cpu_now() - cpu0) / count * 1e3 if count else None}
                 time.sleep(0.5)
                 cpu0 = fs.cpu_now()
                 p = tcp_peer(ps, "--timeout", "120", "pingpong", "127.0.0.1", str(lport), "-n", str(n),
@@ -120,6 +124,7 @@ def measure(counts: list[int], rounds: int = 2, n: int = 1000) -> dict[str, Any]
                 ps.reap(p, 5) or ps.stop(p)
                 res["server_cpu_us_per_rt"] = (fs.cpu_now() - cpu0) / (n + 100) * 1e6   # 100 warm-up
                 res["idle_sessions_up"] = up
+                res.update(opened)
                 runs[count].append(res)
                 print(f"round {r + 1}, {count} idle sessions ({up} up): {json.dumps(res)}", flush=True)
                 idle.close()
@@ -132,7 +137,11 @@ def measure(counts: list[int], rounds: int = 2, n: int = 1000) -> dict[str, Any]
             continue
         out[str(count)] = {"median_us": statistics.median(x["median_us"] for x in good),
                            "server_cpu_us_per_rt": statistics.median(x["server_cpu_us_per_rt"] for x in good),
-                           "sessions_up": min(x["idle_sessions_up"] for x in good), "runs": len(good)}
+                           "sessions_up": min(x["idle_sessions_up"] for x in good), "runs": len(good),
+                           "open_seconds": statistics.median(x["open_seconds"] for x in good)}
+        if count:
+            out[str(count)]["server_cpu_ms_per_handshake"] = statistics.median(
+                x["server_cpu_ms_per_handshake"] for x in good)
     return out
 
 
