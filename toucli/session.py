@@ -751,14 +751,14 @@ class SecureEndpoint:
                 counters["drop_malformed"] += 1
             return None
         ctype, pt, newest = res
-        moved = False
+        touched: _Association | None = None      # set when a timer may have moved
         if session is not None:
             session.last_rx = now          # moves its deadlines later only
             session.datagrams_in += 1
             session.bytes_in += len(data) - off
             if addr != session.peer_addr and newest and self.role == SERVER:
                 self._peer_moved(session, addr, now)
-                moved = True
+                touched = assoc
             if not session._addr_verified and addr == session.peer_addr:
                 session._budget += self.config.amplification_factor * len(data)
             if keys.sealed + keys.opened >= self._record_limit:
@@ -767,19 +767,19 @@ class SecureEndpoint:
             if len(pt) >= MIN_TCP_SEGMENT:
                 if assoc.state == LINKED and session is not None:
                     self._switch(session, assoc, now)
-                    moved = True
+                    touched = assoc
                 if assoc.state != READY or session is None or session.state != "established":
                     counters["drop_not_established"] += 1
-                    return assoc if moved else None
+                    return touched
                 counters["segments_in"] += 1
                 out.append((session, pt))
-                return assoc if moved else None
+                return touched
             self._control(assoc, pt, addr, now)
         elif ctype == CT_ALERT and len(pt) == 2:
             self._alert(assoc, pt[0], pt[1], now)
         else:
             counters["drop_malformed"] += 1
-            return assoc if moved else None
+            return touched
         return assoc
 
     def _control(self, assoc: _Association, pt: bytes, addr: Addr, now: float) -> None:
