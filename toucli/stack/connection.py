@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from bisect import bisect_right, insort
 from collections import deque
-from typing import Hashable
+from typing import Callable, Hashable
 
 from . import cc as _cc
 from .cc.hystart import HyStart
@@ -255,7 +255,9 @@ class Connection:
         self._max_flight = 0        # largest flight this round trip (cwnd validation)
         self._prev_max_flight = 0   # and in the previous one
         self._flight_mark = 0       # snd_max when this round trip began
-        self.wake = None   # set by the endpoint: called when an API call creates output
+        self.wake: Callable[[Connection], None] | None = None   # set by the endpoint: called when an API call creates output
+        self.counted_open = False   # the endpoint no longer counts it as half-open
+        self.tfo_counted = False    # the endpoint counts it among pending Fast Open SYNs
 
         # --- statistics ---
         self.bytes_sent = 0
@@ -504,12 +506,12 @@ class Connection:
         self.mss_peer = seg.mss if seg.mss else TCP_DEFAULT_MSS
         self.sack_ok = cfg.sack and seg.sack_perm
         self.ws_ok = cfg.window_scaling and seg.wscale is not None
-        if self.ws_ok:
+        if self.ws_ok and seg.wscale is not None:
             self.snd_wscale = min(seg.wscale, MAX_WSCALE)
         else:
             self.rcv_wscale = 0
         self.ts_ok = cfg.timestamps and seg.tsval is not None
-        if self.ts_ok:
+        if self.ts_ok and seg.tsval is not None:
             self.ts_recent = seg.tsval
             self.ts_recent_time = now
         mss = min(cfg.send_mss or cfg.mss, self.mss_peer) - (12 if self.ts_ok else 0)
@@ -825,7 +827,7 @@ class Connection:
             return False
         self._last_recv = now
         self._keepalive_sent = 0
-        if self.ts_ok and rcv_nxt <= self.last_ack_sent:   # RFC 7323 §4.3
+        if tsval is not None and self.ts_ok and rcv_nxt <= self.last_ack_sent:   # RFC 7323 §4.3
             self.ts_recent = tsval
             self.ts_recent_time = now
         self._update_window(seg, rcv_nxt, ack)
@@ -1560,7 +1562,7 @@ class Connection:
             for r in self._sack_recent:
                 if r[1] < blk[0] or r[0] > blk[1]:
                     if self.ooo.covers(r[0], r[1]):
-                        recent.append(self.ooo.range_at(r[0]))
+                        recent.append(self.ooo.range_at(r[0]) or r)
                 if len(recent) >= 4:
                     break
             self._sack_recent = recent
@@ -1867,8 +1869,7 @@ class Connection:
                     self.limited_by = "pacing"
                     self._pace_wait(now)
                     break
-                a = lost.low
-                b = lost.range_at(a)[1]
+                a, b = lost.lowest()
                 if b > a + mss:
                     b = a + mss + (1 if fin_off is not None and a + mss == fin_off else 0)
                 self._retransmit(out, a, b, now)
@@ -2095,8 +2096,8 @@ class Connection:
         """A segment covering offsets ``[a, b)``; it carries FIN when ``b`` passes ``fin_off``."""
         start = self.snd_buf_start
         fin_off = self.fin_off
-        fin = fin_off is not None and b > fin_off
-        end = fin_off if fin else b
+        end = fin_off if fin_off is not None and b > fin_off else b
+        fin = end != b
         payload = bytes(self.snd_buf[a - start: end - start])
         flags = ACK
         if end == start + len(self.snd_buf) and payload:

@@ -202,7 +202,7 @@ class Endpoint:
             conn.accept_syn(seg, now, tfo_data=tfo_data, tfo_cookie=give_cookie)
             if tfo_data:
                 self._tfo_pending += 1
-                conn._tfo_counted = True
+                conn.tfo_counted = True
             self._half_open += 1
             self.connections[(peer, seg.dport, seg.sport)] = conn
             self._touch(conn)
@@ -263,11 +263,11 @@ class Endpoint:
         """After any input: the connection may have output and a new deadline."""
         key = (conn.peer, conn.local_port, conn.remote_port)
         self._dirty[key] = conn
-        if conn.passive and not getattr(conn, "_counted_open", False) and conn.state != State.SYN_RECEIVED:
-            conn._counted_open = True
+        if conn.passive and not conn.counted_open and conn.state != State.SYN_RECEIVED:
+            conn.counted_open = True
             self._half_open -= 1
-            if getattr(conn, "_tfo_counted", False):
-                conn._tfo_counted = False
+            if conn.tfo_counted:
+                conn.tfo_counted = False
                 self._tfo_pending -= 1
 
     def _share_rtt(self, conn: Connection) -> None:
@@ -304,11 +304,11 @@ class Endpoint:
             if self._dirty.pop(key, None) is not None:
                 # Its Closed event was taken before its output: the RST still goes out.
                 self._strays.extend((conn.peer, seg) for seg in conn.take_control())
-            if conn.passive and not getattr(conn, "_counted_open", False):
-                conn._counted_open = True
+            if conn.passive and not conn.counted_open:
+                conn.counted_open = True
                 self._half_open -= 1
-            if getattr(conn, "_tfo_counted", False):
-                conn._tfo_counted = False
+            if conn.tfo_counted:
+                conn.tfo_counted = False
                 self._tfo_pending -= 1
 
 

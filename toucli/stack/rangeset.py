@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 
+from .errors import LocalError
+
 
 class RangeSet:
     """A set of integers stored as disjoint, non-adjacent ``[start, end)`` ranges."""
@@ -116,6 +118,12 @@ class RangeSet:
             nxt = starts[i] if i < len(starts) else end
             return pos, min(nxt, end)
         return None
+
+    def lowest(self) -> tuple[int, int]:
+        """The lowest range (LocalError when the set is empty)."""
+        if not self._starts:
+            raise LocalError("no range in an empty set")
+        return self._starts[0], self._ends[0]
 
     @property
     def low(self) -> int | None:
