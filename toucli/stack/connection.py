@@ -21,6 +21,8 @@ from bisect import bisect_right, insort
 from collections import deque
 from typing import Callable, Hashable
 
+Buffer = bytes | bytearray | memoryview   # what the API and segments carry (a bytes-like object)
+
 from . import cc as _cc
 from .cc.hystart import HyStart
 from .config import ConnectionConfig
@@ -585,7 +587,9 @@ class Connection:
         if self.wake is not None:
             self.wake(self)
 
-    close = shutdown
+    def close(self) -> None:
+        """The same as :meth:`shutdown` (the socket API's name)."""
+        self.shutdown()
 
     def abort(self) -> None:
         """Reset the connection and forget it (RFC 9293 §3.10.5)."""
@@ -622,7 +626,7 @@ class Connection:
         self.abort()
 
     # ------------------------------------------------------------- application
-    def send(self, data: bytes) -> int:
+    def send(self, data: Buffer) -> int:
         """Queue data; returns how many bytes fit in the send buffer."""
         if self.state not in _CAN_SEND and self.state not in (State.SYN_SENT, State.SYN_RECEIVED):
             raise LocalError(f"send() in state {self.state.name}")
@@ -1480,7 +1484,7 @@ class Connection:
             return
         self.tlp_deadline = t
 
-    def _receive_data(self, seq: int, payload: bytes, now: float) -> None:
+    def _receive_data(self, seq: int, payload: Buffer, now: float) -> None:
         """Place received text (RFC 9293 §3.10.7.4 seventh check), reassembling out of order."""
         rcv_nxt = self.rcv_nxt
         end = seq + len(payload)
@@ -1534,7 +1538,7 @@ class Connection:
         self._dsack = (a, b)
         self._ack_now = True
 
-    def _insert_ooo(self, seq: int, payload: bytes, now: float) -> bool:
+    def _insert_ooo(self, seq: int, payload: Buffer, now: float) -> bool:
         """Keep an out-of-order segment; False when it was a duplicate (D-SACK queued)."""
         end = seq + len(payload)
         if self.ooo.covers(seq, end):
@@ -1553,7 +1557,7 @@ class Connection:
             a, b = gap
             piece = payload[a - seq: b - seq]
             insort(self._ooo_starts, a)
-            self._ooo_data[a] = piece
+            self._ooo_data[a] = bytes(piece)   # a copy only if it was a view
             pos = b
         self.ooo.add(seq, end)
         blk = self.ooo.range_at(seq)

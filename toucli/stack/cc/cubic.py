@@ -136,7 +136,7 @@ class Cubic(CongestionControl):
         self.region = "concave" if cwnd < self.origin else "convex"
         target = self.w_cubic(t + self._rtt)
         if target < cwnd:
-            target = cwnd
+            target = float(cwnd)
         elif target > 1.5 * cwnd:
             target = 1.5 * cwnd
         self._acc += (target - cwnd) * acked / cwnd
