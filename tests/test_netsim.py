@@ -415,6 +415,7 @@ def test_receive_window_does_not_grow_without_reading():
                                  ConnectionConfig(congestion_control="cubic", timestamps=False)],
                          ids=["bbr+timestamps", "cubic"])
 @pytest.mark.parametrize("seed", [3, 11])
+@pytest.mark.python_engine
 def test_header_prediction_is_only_a_shortcut(monkeypatch, seed, cfg):
     """The fast path for in-order segments (``Connection._predicted``) must do exactly what
     the general path does: the same seeded run, with and without it, ends identically

@@ -99,6 +99,7 @@ def test_bulk_both_ways_with_half_close() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.python_engine
 def test_at_most_16_segments_per_connection_between_drains() -> None:
     async def main() -> None:
         p = Pair()
