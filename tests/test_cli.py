@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from toucli import __version__
 from toucli.cli import EXIT_INTERRUPTED, TouGroup, main
+from toucli.stack import ENGINE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +27,7 @@ def test_version_is_0_1_0() -> None:
 def test_version_option() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
-    assert result.output == "tou 0.1.0\n"
+    assert result.output == f"tou 0.1.0\nTCP engine: {ENGINE}\n"
 
 
 def test_python_dash_m_version() -> None:
@@ -35,7 +36,7 @@ def test_python_dash_m_version() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "tou 0.1.0\n"
+    assert proc.stdout == f"tou 0.1.0\nTCP engine: {ENGINE}\n"
 
 
 def test_python_dash_m_usage_names_tou() -> None:

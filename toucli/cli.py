@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from toucli import __version__
+from toucli.stack import ENGINE
 from toucli.commands import COMMANDS
 
 EXIT_OK = 0
@@ -34,6 +35,6 @@ class TouGroup(click.Group):
     commands=COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-@click.version_option(__version__, "--version", prog_name="tou", message="%(prog)s %(version)s")
+@click.version_option(__version__, "--version", prog_name="tou", message=f"%(prog)s %(version)s\nTCP engine: {ENGINE}")
 def main() -> None:
     """Carry TCP connections inside (optionally DTLS-encrypted) UDP."""
