@@ -45,7 +45,7 @@ def _digest(path: Path) -> str:
 
 
 def write_manifest(directory: Path) -> None:
-    """Record the sources about to be compiled (``setup.py``)."""
+    """Record the sources mypyc just translated (``setup.py``)."""
     lines = [f"{_digest(_source(directory, name))}  {name}\n" for name in MODULES]
     (directory / MANIFEST).write_text("".join(lines))
 

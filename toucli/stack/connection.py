@@ -21,8 +21,6 @@ from bisect import bisect_right, insort
 from collections import deque
 from typing import Callable, Hashable
 
-Buffer = bytes | bytearray | memoryview   # what the API and segments carry (a bytes-like object)
-
 from . import cc as _cc
 from .cc.hystart import HyStart
 from .config import ConnectionConfig
@@ -38,6 +36,8 @@ from .scoreboard import APP_LIMITED, RETRANSMITTED, Ranges, SentLog
 from .segment import ACK, FIN, PSH, RST, SYN, Segment
 from .seq import HALF, MASK, seq_lt, seq_sub
 from .tcp import HEADER_LEN as TCP_HEADER_LEN, header_length
+
+Buffer = bytes | bytearray | memoryview   # what send() takes and segments carry: bytes-like
 
 DUP_THRESH = 3                  # RFC 6675 §2 / RFC 5681 §3.2
 QUICKACK_SEGMENTS = 16          # ACK every segment at the start (receiver's slow-start helper)
