@@ -671,12 +671,7 @@ class Tunnel:
             rx.clear()
 
         try:
-            # What the first read brought goes to the applications before the drain goes
-            # on: a lone message (the interactive case) does not wait for the read that
-            # finds the socket empty. No output in between, so one ACK per batch still.
-            if self.usock.receive(handle, 1):
-                self._dispatch()
-                self.usock.receive(handle, RECV_CALLS_PER_WAKEUP - 1, drain_errors=False)
+            self.usock.receive(handle, RECV_CALLS_PER_WAKEUP)
         except OSError as exc:
             self._udp_failed(exc)
         counts.clear()

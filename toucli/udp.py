@@ -177,15 +177,14 @@ class UdpSocket:
         self.sock.close()
 
     # ------------------------------------------------------------- receive
-    def receive(self, handler: Handler, max_calls: int = 64, drain_errors: bool = True) -> int:
+    def receive(self, handler: Handler, max_calls: int = 64) -> int:
         """Read until the socket is empty or ``max_calls`` reads were made.
 
         Calls ``handler(datagram, address)`` for each datagram (GRO buffers are
         cut at the segment size). Returns the number of datagrams. A wakeup with
-        nothing to read (unless ``drain_errors`` is false: a continued drain), or an
-        ICMP error reported through the read, drains the error queue. Other errors
-        (and, with no error queue, ECONNREFUSED and the like on a connected socket)
-        propagate.
+        nothing to read, or an ICMP error reported through the read, drains the
+        error queue. Other errors (and, with no error queue, ECONNREFUSED and the
+        like on a connected socket) propagate.
         """
         sock, buf, view = self.sock, self._buf, self._view
         count = 0
@@ -195,7 +194,7 @@ class UdpSocket:
                 try:
                     n, anc, _flags, addr = recvmsg_into((buf,), _CMSG_SPACE)
                 except (BlockingIOError, InterruptedError):
-                    if not count and drain_errors and self.recverr:
+                    if not count and self.recverr:
                         self.drain_errors()
                     break
                 except OSError as exc:
@@ -221,7 +220,7 @@ class UdpSocket:
                 try:
                     n, addr = recvfrom_into(buf)
                 except (BlockingIOError, InterruptedError):
-                    if not count and drain_errors and self.recverr:
+                    if not count and self.recverr:
                         self.drain_errors()
                     break
                 except OSError as exc:
