@@ -88,3 +88,12 @@ def test_compiled_and_python_engines_agree(name: str) -> None:
                            capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-3000:]
     assert json.loads(child.stdout) == json.loads(_fingerprint(name, 5))
+
+
+def test_the_engine_type_checks() -> None:
+    """mypyc compiles only code that mypy accepts; a type error would quietly leave the
+    install on the slower Python engine, so it fails here instead."""
+    pytest.importorskip("mypy", reason="mypy is in the test extra")
+    res = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "toucli/stack"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:]
