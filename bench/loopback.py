@@ -204,6 +204,36 @@ LAT_PARTS = ("TCP engine (toucli/stack)", "DTLS records and sessions", "AES-GCM 
              "other")
 
 
+def _compiled_names() -> frozenset[str]:
+    """Classes and functions of the engine's modules: compiled by mypyc, cProfile sees
+    them as built-ins (``<method 'receive' of 'Endpoint' objects>``)."""
+    import importlib
+    import inspect
+
+    sys.path.insert(0, str(BENCH.parent))
+    from toucli.stack.compiled import MODULES, PACKAGE
+    names = set()
+    for name in MODULES:
+        mod = importlib.import_module(f"{PACKAGE}.{name}")
+        names.update(n for n, v in vars(mod).items()
+                     if (inspect.isclass(v) or callable(v)) and getattr(v, "__module__", "") == mod.__name__)
+    return frozenset(names)
+
+
+_ENGINE_NAMES: frozenset[str] | None = None
+
+
+def _is_compiled_engine(fn: str) -> bool:
+    global _ENGINE_NAMES
+    if _ENGINE_NAMES is None:
+        _ENGINE_NAMES = _compiled_names()
+    if fn.startswith("<method '") and fn.endswith("' objects>"):
+        return fn.split(" of '")[-1][:-len("' objects>")] in _ENGINE_NAMES
+    if fn.startswith("<built-in method "):
+        return fn[len("<built-in method "):-1] in _ENGINE_NAMES
+    return False
+
+
 def _lat_part(key: tuple[str, int, str]) -> str | None:
     file, _, fn = key
     if file == "~":
@@ -213,6 +243,8 @@ def _lat_part(key: tuple[str, int, str]) -> str | None:
             return LAT_PARTS[5]
         if "AESGCM" in fn:
             return LAT_PARTS[2]
+        if _is_compiled_engine(fn):
+            return LAT_PARTS[0]
         return "built-in"
     path = file.replace("\\", "/")
     if "/toucli/stack/" in path:
