@@ -125,14 +125,6 @@ class RangeSet:
             raise LocalError("no range in an empty set")
         return self._starts[0], self._ends[0]
 
-    @property
-    def low(self) -> int | None:
-        return self._starts[0] if self._starts else None
-
-    @property
-    def high(self) -> int | None:
-        return self._ends[-1] if self._ends else None
-
     def ranges_from_top(self):
         """Ranges from the highest down."""
         return zip(reversed(self._starts), reversed(self._ends))
