@@ -31,6 +31,7 @@ the round trips the same way (``profile_latency``: CPU per round trip by part).
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import pstats
@@ -204,6 +205,7 @@ LAT_PARTS = ("TCP engine (toucli/stack)", "DTLS records and sessions", "AES-GCM 
              "other")
 
 
+@functools.cache
 def _compiled_names() -> frozenset[str]:
     """Classes and functions of the engine's modules: compiled by mypyc, cProfile sees
     them as built-ins (``<method 'receive' of 'Endpoint' objects>``)."""
@@ -220,17 +222,11 @@ def _compiled_names() -> frozenset[str]:
     return frozenset(names)
 
 
-_ENGINE_NAMES: frozenset[str] | None = None
-
-
 def _is_compiled_engine(fn: str) -> bool:
-    global _ENGINE_NAMES
-    if _ENGINE_NAMES is None:
-        _ENGINE_NAMES = _compiled_names()
     if fn.startswith("<method '") and fn.endswith("' objects>"):
-        return fn.split(" of '")[-1][:-len("' objects>")] in _ENGINE_NAMES
+        return fn.split(" of '")[-1][:-len("' objects>")] in _compiled_names()
     if fn.startswith("<built-in method "):
-        return fn[len("<built-in method "):-1] in _ENGINE_NAMES
+        return fn[len("<built-in method "):-1] in _compiled_names()
     return False
 
 
