@@ -85,3 +85,64 @@ def test_a_zero_timeout_look_neither_spins_nor_forgets_the_activity(pair) -> Non
     a, b, sel = pair
     _activity(a, b, sel)
     assert sel.select(0) == [] and sel.spun == 0.0 and sel.active
+
+
+# ---- adaptive (the default, ``--busy-poll auto``)
+@pytest.fixture
+def adaptive():
+    a, b = socket.socketpair()
+    sel = BusyPollSelector(0.08, adaptive=True)
+    sel.register(b, selectors.EVENT_READ)
+    yield a, b, sel
+    sel.close()
+    a.close()
+    b.close()
+
+
+def _send_later(a: socket.socket, delay: float) -> threading.Timer:
+    timer = threading.Timer(delay, lambda: a.send(b"x"))
+    timer.start()
+    return timer
+
+
+def test_adaptive_starts_asleep_and_a_gap_within_the_window_sizes_its_spin(adaptive) -> None:
+    a, b, sel = adaptive
+    assert sel.spin == 0.0
+    _send_later(a, 0.03).join()                 # already there: a blocking wait that returns at once
+    assert sel.select(1.0) and sel.spun == 0.0 and 0 < sel.spin <= 0.08
+    b.recv(16)
+    sel.spin = 0.0
+    timer = _send_later(a, 0.03)
+    assert sel.select(1.0)
+    timer.join()
+    b.recv(16)
+    assert sel.caught == 0 and sel.spun == 0.0  # this gap was slept through ...
+    assert 1.25 * 0.03 <= sel.spin <= 0.08      # ... and the spin now covers it, with a margin
+
+
+def test_adaptive_catches_the_next_such_gap_by_polling(adaptive) -> None:
+    a, b, sel = adaptive
+    sel.spin = 0.04
+    timer = _send_later(a, 0.005)
+    assert sel.select(1.0)
+    timer.join()
+    assert sel.caught == 1 and sel.spun > 0 and sel.spin == 0.04
+
+
+def test_adaptive_halves_its_spin_on_gaps_beyond_the_window_down_to_none(adaptive) -> None:
+    a, b, sel = adaptive
+    sel.spin = 0.08
+    timer = _send_later(a, 0.15)                # an event, but later than the window
+    assert sel.select(1.0)
+    timer.join()
+    b.recv(16)
+    assert sel.spin == pytest.approx(0.04)
+    waits = 0
+    while sel.spin:                             # quiet: every timed-out wait halves it
+        assert sel.select(0.09) == []
+        waits += 1
+    assert waits <= 12                          # 40 ms to under 10 µs
+    spun = sel.spun
+    t0 = time.monotonic()
+    assert sel.select(0.05) == [] and sel.spun == spun      # asleep again: no polling at all
+    assert time.monotonic() - t0 >= 0.045

@@ -94,8 +94,22 @@ def test_busy_poll_comes_from_the_config_or_environment_and_reaches_the_loop(cap
     assert captured["s"].busy_poll == 250 and captured["run"]["busy_poll"] == pytest.approx(250e-6)
     r = _connect(["--config", str(conf)], env={"TOU_BUSY_POLL": "40"})
     assert r.exit_code == 0 and captured["run"]["busy_poll"] == pytest.approx(40e-6)
-    r = _connect([], env={"XDG_CONFIG_HOME": str(tmp_path / "empty")})
+    r = _connect(["--config", str(conf)], env={"TOU_BUSY_POLL": "0"})
     assert r.exit_code == 0 and captured["run"]["busy_poll"] == 0.0
+    r = _connect([], env={"XDG_CONFIG_HOME": str(tmp_path / "empty")})
+    assert r.exit_code == 0 and captured["s"].busy_poll is None and captured["run"]["busy_poll"] is None
+    conf.write_text('[connect]\nbusy-poll = "auto"\n')
+    r = _connect(["--config", str(conf), "--busy-poll", "300"])
+    assert r.exit_code == 0 and captured["run"]["busy_poll"] == pytest.approx(300e-6)
+    r = _connect(["--config", str(conf)])
+    assert r.exit_code == 0 and captured["run"]["busy_poll"] is None
+
+
+@pytest.mark.parametrize("value", ["fast", "-1", "100001", "1.5"])
+def test_busy_poll_refuses_anything_but_auto_or_microseconds(captured, value) -> None:
+    r = _connect(["--busy-poll", value])
+    assert r.exit_code == 2 and "--busy-poll" in r.output and "auto" in r.output
+    assert "run" not in captured
 
 
 @pytest.mark.parametrize("command", [["connect", "--insecure", "127.0.0.1", "9"],

@@ -199,13 +199,16 @@ def test_stats_json_dash_writes_to_stderr_and_excludes_stats(workdir) -> None:
     cli = _download(workdir, b"x" * 100_000, 0.5, "--stats-json", "-")
     snaps = [json.loads(line) for line in cli.stderr.decode().splitlines()]
     assert snaps and snaps[-1]["totals"]["bytes_down"] == 100_000
-    assert snaps[-1]["instance"]["busy_poll"] is None
+    bp = snaps[-1]["instance"]["busy_poll"]               # the default: adaptive, up to 200 µs
+    assert bp["mode"] == "adaptive" and bp["window_us"] == 200
+    off = _download(workdir, b"x" * 1000, 0.5, "--stats-json", "-", "--busy-poll", "0")
+    assert json.loads(off.stderr.decode().splitlines()[-1])["instance"]["busy_poll"] is None
 
 
 def test_busy_poll_reports_its_window_and_the_time_it_spun(workdir) -> None:
     data = random.Random(7).randbytes(300_000)
     cli = _download(workdir, data, 0.5, "--busy-poll", "2000", "--stats-json", "-", "--stats-interval", "0.2")
     bp = [json.loads(line)["instance"]["busy_poll"] for line in cli.stderr.decode().splitlines()]
-    assert bp and all(b["window_us"] == 2000 for b in bp)
+    assert bp and all(b["window_us"] == 2000 and b["mode"] == "fixed" for b in bp)
     assert bp[-1]["spin_seconds"] > 0 and bp[-1]["caught"] >= 0
     assert [b["spin_seconds"] for b in bp] == sorted(b["spin_seconds"] for b in bp)

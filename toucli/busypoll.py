@@ -8,13 +8,23 @@ four hops more than a direct connection. Linux offers the same trade for its own
 sockets (``SO_BUSY_POLL``, ``net.core.busy_poll``, in microseconds): spend CPU
 polling to skip the sleep.
 
-:class:`BusyPollSelector` is an epoll selector for the asyncio loop that, after a
-wait that returned events, polls without blocking for up to ``window`` seconds
-before it blocks. Between looks it yields the CPU, so a process woken on the same
-CPU (the application at either end, on a small machine) runs at once. A tunnel
-that has gone quiet (its last wait timed out) sleeps at once, so an idle tunnel
-costs no CPU; one that is exchanging small messages keeps its processes awake
-between them. It never returns later than the timeout the loop asked for.
+:class:`BusyPollSelector` is an epoll selector for the asyncio loop that polls
+without blocking for a while before it blocks. Between looks it yields the CPU, so
+a process woken on the same CPU (the application at either end, on a small
+machine) runs at once. It never returns later than the timeout the loop asked for.
+How long it polls:
+
+- **fixed** (``--busy-poll USEC``): ``window`` seconds after a wait that returned
+  events. A tunnel that has gone quiet (its last wait timed out) sleeps at once.
+- **adaptive** (the default, ``--busy-poll auto``): the window follows the gaps
+  between events, up to ``window``, as KVM sizes its halt polling. A wait that
+  blocked and got an event within ``window`` widens the spin to a little more than
+  that wait, so the next such gap is caught by polling; a wait that got nothing
+  within ``window`` halves it, down to none. Traffic whose events are further
+  apart than ``window`` (bulk is never idle that long, an interactive session
+  mostly is) and an idle tunnel cost no polling; request/response traffic with
+  short gaps gets the low latency without a flag. The price: at most one window
+  of CPU for each gap the spin fails to bridge, and that window halves each time.
 """
 
 from __future__ import annotations
@@ -25,17 +35,23 @@ import time
 from typing import Any
 
 MAX_WINDOW = 0.1        # seconds; a longer spin is a misconfiguration, not a latency choice
+ADAPTIVE_WINDOW = 200e-6   # seconds: the adaptive spin's ceiling (the default: ``--busy-poll auto``)
+GROW = 1.25             # adaptive: the spin covers the last bridgeable wait with this margin
+MIN_SPIN = 10e-6        # adaptive: a halved spin below this is no spin
 
 
 class BusyPollSelector(selectors.EpollSelector):
-    """``selectors.EpollSelector`` that spins for ``window`` seconds after activity."""
+    """``selectors.EpollSelector`` that polls before sleeping: for ``window`` seconds
+    after activity, or (``adaptive``) for a spin that follows the gaps, up to ``window``."""
 
-    def __init__(self, window: float) -> None:
+    def __init__(self, window: float, adaptive: bool = False) -> None:
         if not 0.0 < window <= MAX_WINDOW:
             raise ValueError(f"busy-poll window must be in (0, {MAX_WINDOW}] seconds, not {window!r}")
         super().__init__()
         self.window = window
-        self.active = False          # did the last blocking wait return events?
+        self.adaptive = adaptive
+        self.spin = 0.0              # the spin of the next wait (adaptive)
+        self.active = False          # fixed: did the last blocking wait return events?
         self.spun = 0.0              # seconds spent polling (CPU the option costs)
         self.caught = 0              # waits that spinning answered without a sleep
 
@@ -45,27 +61,33 @@ class BusyPollSelector(selectors.EpollSelector):
             ready = poll(0)
             self.active = self.active or bool(ready)
             return ready
-        if not self.active:
-            ready = poll(timeout)
-            self.active = bool(ready)
-            return ready
+        spin = self.spin if self.adaptive else self.window if self.active else 0.0
         clock = time.monotonic
-        yield_cpu = os.sched_yield        # a spinner gives way to whatever else wants this CPU
         start = clock()
-        end = start + (self.window if timeout is None else min(self.window, timeout))
-        while True:
-            yield_cpu()
-            ready = poll(0)
-            now = clock()
-            if ready:
-                self.spun += now - start
-                self.caught += 1
-                return ready
-            if now >= end:
-                break
-        self.spun += now - start
-        ready = poll(None if timeout is None else max(0.0, timeout - (now - start)))
-        self.active = bool(ready)
+        if spin > 0.0:
+            yield_cpu = os.sched_yield    # a spinner gives way to whatever else wants this CPU
+            end = start + (spin if timeout is None else min(spin, timeout))
+            while True:
+                yield_cpu()
+                ready = poll(0)
+                now = clock()
+                if ready:
+                    self.spun += now - start
+                    self.caught += 1
+                    return ready
+                if now >= end:
+                    break
+            self.spun += now - start
+            if timeout is not None:
+                timeout = max(0.0, timeout - (now - start))
+        ready = poll(timeout)
+        if not self.adaptive:
+            self.active = bool(ready)
+        elif ready and (waited := clock() - start) <= self.window:
+            self.spin = min(self.window, max(self.spin, GROW * waited, MIN_SPIN))
+        else:
+            half = self.spin / 2
+            self.spin = half if half >= MIN_SPIN else 0.0
         return ready
 
 

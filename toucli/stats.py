@@ -409,6 +409,7 @@ class Collector:
                 "command": self.command,
                 "control": self.control,
                 "busy_poll": None if self.busy_poll is None else {
+                    "mode": "adaptive" if self.busy_poll.adaptive else "fixed",
                     "window_us": round(self.busy_poll.window * 1e6),
                     "spin_seconds": self.busy_poll.spun,
                     "caught": self.busy_poll.caught,

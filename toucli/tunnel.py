@@ -39,7 +39,7 @@ import threading
 from dataclasses import replace
 from typing import Any, Awaitable, Callable, Hashable, Iterable, Protocol
 
-from toucli.busypoll import BusyPollSelector
+from toucli.busypoll import ADAPTIVE_WINDOW, BusyPollSelector
 from toucli.stack.config import ConnectionConfig
 from toucli.stack.connection import Connection, State
 from toucli.stack.endpoint import Endpoint
@@ -1496,12 +1496,14 @@ async def work_or_signal(work: Awaitable[int], sig: Signals, tunnel: Tunnel) -> 
     return sig.stopping.result()
 
 
-def run(main: Callable[[Signals], Any], *, verbose: int = 0, busy_poll: float = 0.0) -> int:
+def run(main: Callable[[Signals], Any], *, verbose: int = 0, busy_poll: float | None = None) -> int:
     """Run ``main(signals)`` in a fresh event loop; return its exit status.
 
-    ``busy_poll`` > 0 (seconds) runs the loop on a :class:`~toucli.busypoll.BusyPollSelector`
-    with that window. A :class:`TunnelError` becomes one line on stderr (a traceback too with ``-v``)
-    and its exit status; a second signal ends at once with the first signal's status.
+    The loop polls before it sleeps (:class:`~toucli.busypoll.BusyPollSelector`): with
+    ``busy_poll`` None (the default), adaptively, up to ``ADAPTIVE_WINDOW``; with
+    ``busy_poll`` > 0, for that many seconds after traffic; with 0, never. A
+    :class:`TunnelError` becomes one line on stderr (a traceback too with ``-v``) and its
+    exit status; a second signal ends at once with the first signal's status.
     """
     async def runner() -> int:
         loop = asyncio.get_running_loop()
@@ -1516,7 +1518,9 @@ def run(main: Callable[[Signals], Any], *, verbose: int = 0, busy_poll: float = 
         finally:
             signals.remove()
 
-    factory = (lambda: asyncio.SelectorEventLoop(BusyPollSelector(busy_poll))) if busy_poll > 0 else None
+    window = ADAPTIVE_WINDOW if busy_poll is None else busy_poll
+    factory = (lambda: asyncio.SelectorEventLoop(BusyPollSelector(window, adaptive=busy_poll is None))
+               ) if window > 0 else None
     try:
         with asyncio.Runner(loop_factory=factory) as runner_:
             return runner_.run(runner())

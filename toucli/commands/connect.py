@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import click
 
+from toucli import busypoll
 from toucli import config as configuration
 from toucli.commands.stats import ObserveOptions, Observer, observe_options
 from toucli.tunnel import (
@@ -51,7 +52,30 @@ class Duration(click.ParamType):
         return seconds
 
 
+class BusyPoll(click.ParamType):
+    """``auto`` (adaptive polling, the default), or a fixed window in microseconds (0: off).
+
+    Converts to ``None`` for ``auto``, else the microseconds (see :func:`toucli.tunnel.run`).
+    """
+
+    name = "usec|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        if isinstance(value, bool):
+            self.fail(f"{value!r} is not auto or a number of microseconds", param, ctx)
+        try:
+            usec = int(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is not auto or a number of microseconds", param, ctx)
+        if not 0 <= usec <= MAX_BUSY_POLL_US:
+            self.fail(f"{usec} is not in the range 0 to {MAX_BUSY_POLL_US} (microseconds), or auto", param, ctx)
+        return usec
+
+
 DURATION = Duration()
+MAX_BUSY_POLL_US = round(busypoll.MAX_WINDOW * 1e6)
 PORT = click.IntRange(1, 65535)
 MTU = click.IntRange(576, 65535)   # 576: the smallest IPv4 datagram every host must take
 
@@ -64,9 +88,10 @@ def transport_options(fn: Callable) -> Callable:
         opt("--mtu", type=MTU, metavar="N",
             help="Path MTU in bytes (IP packet size): fixes the segment size and turns path-MTU "
                  "discovery off (default: discover, up to the local interface's MTU)."),
-        opt("--busy-poll", type=click.IntRange(0, 100_000), default=0, metavar="USEC",
-            help="After traffic, poll the sockets for up to USEC microseconds before sleeping: lower "
-                 "latency for small messages, paid in CPU (default 0: off)."),
+        opt("--busy-poll", type=BusyPoll(), default="auto", metavar="USEC|auto",
+            help="Poll the sockets before sleeping: lower latency for small messages, paid in CPU. "
+                 "auto (the default): as long as the gaps between messages, up to "
+                 f"{round(busypoll.ADAPTIVE_WINDOW * 1e6)} µs; USEC: that long after traffic; 0: off."),
     ]
     for d in reversed(decorators):
         fn = d(fn)
@@ -144,7 +169,7 @@ class Settings:
     observe: ObserveOptions | None = None    # --stats, --stats-json, --name, --pcap
     cc: str | None = None                    # --cc (None: the runtime default, DEFAULT_CC)
     mtu: int | None = None                   # --mtu (None: path-MTU discovery)
-    busy_poll: int = 0                       # --busy-poll, microseconds (0: off)
+    busy_poll: int | None = None             # --busy-poll, microseconds (None: auto, 0: off)
 
     def info(self, message: str, level: int = 1) -> None:
         if self.verbose >= level and not self.quiet:
@@ -156,7 +181,8 @@ class Settings:
 
     def run(self, main: Callable[[Signals], Any]) -> int:
         """Run the command's coroutine with this command line's runtime settings."""
-        return run(main, verbose=self.verbose, busy_poll=self.busy_poll / 1e6)
+        return run(main, verbose=self.verbose,
+                   busy_poll=None if self.busy_poll is None else self.busy_poll / 1e6)
 
     @property
     def argv(self) -> list[str] | None:
@@ -181,7 +207,7 @@ def settings_from(ctx: click.Context) -> Settings:
                  linger=p.get("linger"), recv_only=bool(p.get("recv_only")), peer_key=p.get("peer_key"),
                  authorized_keys=p.get("authorized_keys"), secret_file=p.get("secret_file"),
                  key_file=p.get("key_file"), observe=ObserveOptions.from_params(p),
-                 cc=p.get("cc"), mtu=p.get("mtu"), busy_poll=p.get("busy_poll") or 0)
+                 cc=p.get("cc"), mtu=p.get("mtu"), busy_poll=p.get("busy_poll"))
     if s.exec_ is not None:
         try:
             argv = shlex.split(s.exec_)
