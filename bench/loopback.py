@@ -19,7 +19,8 @@ Round trips: ``tcp_peer.py pingpong`` (64 bytes, TCP_NODELAY, 100 warm-up
 round trips then ``-n``) against ``tcp_peer.py echo``: directly, through two bare
 relays (``relay_floor.py`` and ``relay_floor.c``: the layout's floor), through
 kcptun (default and tuned) and through ``tou forward -L`` (a warm session); the
-relays and tou once blocking in ``epoll_wait`` and once with ``--busy-poll``.
+relays once blocking in ``epoll_wait`` and once busy-polling, tou as it comes
+(adaptive polling), with ``--busy-poll 0`` (blocking) and with a fixed window.
 
 ``--profile`` runs the tou bulk transfer once more with both tou processes
 under cProfile and prints the functions with the most own time, then profiles
@@ -279,8 +280,8 @@ def _per_round_trip(long: pstats.Stats, short: pstats.Stats, extra: int) -> tupl
 
 
 def profile_latency(n: int = 3000, top: int = 8) -> dict[str, Any]:
-    """tou's CPU per 64-byte round trip through a warm ``tou forward`` (blocking, no busy
-    poll), by part: both processes under cProfile for a ping-pong of 1 and one of ``n``
+    """tou's CPU per 64-byte round trip through a warm ``tou forward`` (blocking,
+    ``--busy-poll 0``: polling would add its own calls to the profile), by part: both processes under cProfile for a ping-pong of 1 and one of ``n``
     round trips; the difference of the two profiles over the ``n - 1`` extra round trips
     leaves start-up and shutdown out. The profiler inflates Python calls, so the shares
     are what counts, not the absolute µs."""
@@ -294,7 +295,7 @@ def profile_latency(n: int = 3000, top: int = 8) -> dict[str, Any]:
             uport, lport = free_port(kind=2), free_port()
             try:
                 fc, fs = tou_forward(ps, serve=f"127.0.0.1:{uport}", local=f"{lport}:127.0.0.1:{eport}",
-                                     peer=f"127.0.0.1:{uport}", profile_dir=tmp)
+                                     peer=f"127.0.0.1:{uport}", profile_dir=tmp, extra=["--busy-poll", "0"])
             except Exception as exc:
                 return {"error": f"not available: {exc}"}
             res = _pingpong(ps, lport, count)
@@ -346,13 +347,15 @@ def _relay_floor(ps: Procs, target: int, n: int, relay: list[str], extra: list[s
 
 
 BUSY_POLL_US = 1000     # tou --busy-poll for the latency rows that use it: longer than a round trip
+TOU_ROW = "tou forward (warm)"                       # as it comes: adaptive polling
+TOU_OFF_ROW = "tou forward (warm, --busy-poll 0)"     # blocking in epoll_wait
 TOU_BUSY_ROW = f"tou forward (warm, --busy-poll {BUSY_POLL_US})"
 
 
 def latency_suite(n: int = 1000, log: Callable[[str], None] = print, rounds: int = 3) -> dict[str, dict[str, Any]]:
     """Ping-pong through every path, ``rounds`` times round-robin (one run is ±30 % on a
     shared VM): direct TCP, the relay floors (blocking and busy-polling), kcptun and tou
-    forward (default and ``--busy-poll``). Per path: the median of the runs' medians and
+    forward (as it comes, ``--busy-poll 0`` and ``--busy-poll 1000``). Per path: the median of the runs' medians and
     of their p99s, and each run's median."""
     paths: dict[str, Callable[[], dict[str, Any]]] = {}
     with Procs() as ps:
@@ -376,9 +379,8 @@ def latency_suite(n: int = 1000, log: Callable[[str], None] = print, rounds: int
                 (lambda busy=busy: _relay_floor(ps, eport, n, [str(exe)], [str(busy)])))
         for mode in ("default", "tuned"):
             paths[f"kcptun {mode}"] = lambda mode=mode: _kcptun_pingpong(ps, mode, eport, n)
-        for busy in (0, BUSY_POLL_US):
-            name = TOU_BUSY_ROW if busy else "tou forward (warm)"
-            paths[name] = lambda busy=busy: _tou_pingpong(ps, busy, eport, n)
+        for name, tou_busy in ((TOU_ROW, None), (TOU_OFF_ROW, 0), (TOU_BUSY_ROW, BUSY_POLL_US)):
+            paths[name] = lambda tou_busy=tou_busy: _tou_pingpong(ps, tou_busy, eport, n)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
         for r in range(rounds):
             for name, measure in paths.items():
@@ -414,13 +416,14 @@ def _kcptun_pingpong(ps: Procs, mode: str, eport: int, n: int) -> dict[str, Any]
     return res
 
 
-def _tou_pingpong(ps: Procs, busy_poll: int, eport: int, n: int) -> dict[str, Any]:
+def _tou_pingpong(ps: Procs, busy_poll: int | None, eport: int, n: int) -> dict[str, Any]:
     """Through a warm ``tou forward -L``; also the CPU (user + system) of both tou
     processes per round trip."""
     try:
         uport, lport = free_port(kind=2), free_port()
         fc, fs = tou_forward(ps, serve=f"127.0.0.1:{uport}", local=f"{lport}:127.0.0.1:{eport}",
-                             peer=f"127.0.0.1:{uport}", extra=["--busy-poll", str(busy_poll)])
+                             peer=f"127.0.0.1:{uport}",
+                             extra=[] if busy_poll is None else ["--busy-poll", str(busy_poll)])
     except Exception as exc:
         return {"error": f"not available: {exc}"}
     cpu0 = fc.cpu_now() + fs.cpu_now()
