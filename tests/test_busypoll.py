@@ -105,44 +105,64 @@ def _send_later(a: socket.socket, delay: float) -> threading.Timer:
     return timer
 
 
-def test_adaptive_starts_asleep_and_a_gap_within_the_window_sizes_its_spin(adaptive) -> None:
-    a, b, sel = adaptive
-    assert sel.spin == 0.0
-    _send_later(a, 0.03).join()                 # already there: a blocking wait that returns at once
-    assert sel.select(1.0) and sel.spun == 0.0 and 0 < sel.spin <= 0.08
-    b.recv(16)
-    sel.spin = 0.0
-    timer = _send_later(a, 0.03)
-    assert sel.select(1.0)
+def _event_after(a: socket.socket, b: socket.socket, sel: BusyPollSelector, delay: float) -> None:
+    """A message ``delay`` s from now; the selector returns it, and it is read."""
+    timer = _send_later(a, delay)
+    assert [key.fileobj for key, _ in sel.select(1.0)] == [b]
     timer.join()
     b.recv(16)
-    assert sel.caught == 0 and sel.spun == 0.0  # this gap was slept through ...
-    assert 1.25 * 0.03 <= sel.spin <= 0.08      # ... and the spin now covers it, with a margin
+
+
+def test_adaptive_starts_asleep_and_a_gap_within_the_window_sizes_its_spin(adaptive) -> None:
+    a, b, sel = adaptive
+    _event_after(a, b, sel, 0.0)
+    assert sel.spin_after(b.fileno()) == 0.0 and sel.spun == 0.0
+    _event_after(a, b, sel, 0.03)               # slept through: 30 ms after an event on b ...
+    assert sel.caught == 0 and sel.spun == 0.0
+    assert 1.25 * 0.03 <= sel.spin_after(b.fileno()) <= 0.08   # ... so the spin after b now covers it
 
 
 def test_adaptive_catches_the_next_such_gap_by_polling(adaptive) -> None:
     a, b, sel = adaptive
-    sel.spin = 0.04
-    timer = _send_later(a, 0.005)
-    assert sel.select(1.0)
-    timer.join()
-    assert sel.caught == 1 and sel.spun > 0 and sel.spin == 0.04
+    _event_after(a, b, sel, 0.0)
+    _event_after(a, b, sel, 0.03)
+    spin = sel.spin_after(b.fileno())
+    _event_after(a, b, sel, 0.005)
+    assert sel.caught == 1 and 0 < sel.spun < 0.03 and sel.spin_after(b.fileno()) == spin
 
 
 def test_adaptive_halves_its_spin_on_gaps_beyond_the_window_down_to_none(adaptive) -> None:
     a, b, sel = adaptive
-    sel.spin = 0.08
-    timer = _send_later(a, 0.15)                # an event, but later than the window
-    assert sel.select(1.0)
-    timer.join()
-    b.recv(16)
-    assert sel.spin == pytest.approx(0.04)
-    waits = 0
-    while sel.spin:                             # quiet: every timed-out wait halves it
-        assert sel.select(0.09) == []
-        waits += 1
-    assert waits <= 12                          # 40 ms to under 10 µs
+    _event_after(a, b, sel, 0.0)
+    _event_after(a, b, sel, 0.06)
+    spin = sel.spin_after(b.fileno())
+    assert spin == pytest.approx(0.075, abs=0.005)
+    _event_after(a, b, sel, 0.12)               # later than the window: the spin failed
+    assert sel.spin_after(b.fileno()) == pytest.approx(spin / 2)
+    for _ in range(12):                         # 37 ms to under 10 µs takes 12 halvings
+        _event_after(a, b, sel, 0.09)
+    assert sel.spin_after(b.fileno()) == 0.0
     spun = sel.spun
-    t0 = time.monotonic()
-    assert sel.select(0.05) == [] and sel.spun == spun      # asleep again: no polling at all
-    assert time.monotonic() - t0 >= 0.045
+    _event_after(a, b, sel, 0.09)               # asleep again: no polling at all
+    assert sel.spun == spun
+
+
+def test_adaptive_keeps_the_gaps_after_each_descriptor_apart(adaptive) -> None:
+    """Request/response: after the request (an event on b) the reply comes quickly (on d);
+    after the reply, the next request only after think time. The quick gap is bridged
+    by polling; the long one is slept through without polling."""
+    a, b, sel = adaptive
+    c, d = socket.socketpair()
+    sel.register(d, selectors.EVENT_READ)
+    try:
+        for _ in range(6):
+            _event_after(a, b, sel, 0.1)        # the next request, after think time
+            _event_after(c, d, sel, 0.01)       # its reply
+        assert sel.spin_after(d.fileno()) == 0.0 and sel.spin_after(b.fileno()) >= 1.25 * 0.01
+        assert sel.caught >= 4                  # every reply after the first is caught
+        assert sel.spun < 6 * 0.02              # and only the short gaps were spun through
+        sel.unregister(b)                       # its number may come back for another socket
+        assert sel.spin_after(b.fileno()) == 0.0
+    finally:
+        c.close()
+        d.close()

@@ -16,15 +16,20 @@ How long it polls:
 
 - **fixed** (``--busy-poll USEC``): ``window`` seconds after a wait that returned
   events. A tunnel that has gone quiet (its last wait timed out) sleeps at once.
-- **adaptive** (the default, ``--busy-poll auto``): the window follows the gaps
-  between events, up to ``window``, as KVM sizes its halt polling. A wait that
-  blocked and got an event within ``window`` widens the spin to a little more than
-  that wait, so the next such gap is caught by polling; a wait that got nothing
-  within ``window`` halves it, down to none. Traffic whose events are further
-  apart than ``window`` (bulk is never idle that long, an interactive session
-  mostly is) and an idle tunnel cost no polling; request/response traffic with
-  short gaps gets the low latency without a flag. The price: at most one window
-  of CPU for each gap the spin fails to bridge, and that window halves each time.
+- **adaptive** (the default, ``--busy-poll auto``): the spin follows the gaps
+  between events, up to ``window``, sized the way KVM sizes its halt polling, and
+  kept apart for each descriptor: the gap after an event on descriptor F is
+  predicted from the gaps that followed F's earlier events. That is what
+  request/response traffic looks like from a tunnel process: after it forwards a
+  request (an event on the local socket) the reply comes within a round trip,
+  while after it delivers the reply (an event on the UDP socket) the next request
+  comes when the application's user or program gets to it. A wait that blocked
+  and got an event within ``window`` widens the spin after that descriptor to a
+  little more than the wait, so the next such gap is caught by polling; a wait
+  that got nothing within ``window`` halves it, down to none. So the short gaps
+  are bridged, the long ones (think time, an idle tunnel) cost no polling after
+  a few halvings, and each gap the spin fails to bridge costs at most its
+  current, halving window of CPU.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ class BusyPollSelector(selectors.EpollSelector):
         super().__init__()
         self.window = window
         self.adaptive = adaptive
-        self.spin = 0.0              # the spin of the next wait (adaptive)
+        self._spins: dict[int, float] = {}   # adaptive: the spin after an event on each descriptor
+        self._after = -1             # adaptive: descriptor of the last event seen (-1: a wait timed out)
         self.active = False          # fixed: did the last blocking wait return events?
         self.spun = 0.0              # seconds spent polling (CPU the option costs)
         self.caught = 0              # waits that spinning answered without a sleep
@@ -59,9 +65,13 @@ class BusyPollSelector(selectors.EpollSelector):
         poll = super().select
         if timeout is not None and timeout <= 0:          # a look, not a wait: says nothing of quiet
             ready = poll(0)
-            self.active = self.active or bool(ready)
+            if ready:
+                self.active = True
+                self._after = ready[0][0].fd
             return ready
-        spin = self.spin if self.adaptive else self.window if self.active else 0.0
+        adaptive = self.adaptive
+        after = self._after
+        spin = self._spins.get(after, 0.0) if adaptive else self.window if self.active else 0.0
         clock = time.monotonic
         start = clock()
         if spin > 0.0:
@@ -74,6 +84,7 @@ class BusyPollSelector(selectors.EpollSelector):
                 if ready:
                     self.spun += now - start
                     self.caught += 1
+                    self._after = ready[0][0].fd
                     return ready
                 if now >= end:
                     break
@@ -81,14 +92,26 @@ class BusyPollSelector(selectors.EpollSelector):
             if timeout is not None:
                 timeout = max(0.0, timeout - (now - start))
         ready = poll(timeout)
-        if not self.adaptive:
+        if not adaptive:
             self.active = bool(ready)
-        elif ready and (waited := clock() - start) <= self.window:
-            self.spin = min(self.window, max(self.spin, GROW * waited, MIN_SPIN))
+            return ready
+        if ready and (waited := clock() - start) <= self.window:
+            self._spins[after] = min(self.window, max(spin, GROW * waited, MIN_SPIN))
+        elif spin / 2 >= MIN_SPIN:
+            self._spins[after] = spin / 2
         else:
-            half = self.spin / 2
-            self.spin = half if half >= MIN_SPIN else 0.0
+            self._spins.pop(after, None)
+        self._after = ready[0][0].fd if ready else -1
         return ready
+
+    def spin_after(self, fd: int) -> float:
+        """Adaptive: seconds the selector polls in a wait that follows an event on ``fd``."""
+        return self._spins.get(fd, 0.0)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        key = super().unregister(fileobj)
+        self._spins.pop(key.fd, None)     # a descriptor number is reused; its gaps are not
+        return key
 
 
 def of_loop(loop: Any) -> BusyPollSelector | None:
