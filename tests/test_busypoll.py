@@ -166,3 +166,28 @@ def test_adaptive_keeps_the_gaps_after_each_descriptor_apart(adaptive) -> None:
     finally:
         c.close()
         d.close()
+
+
+def test_adaptive_does_not_spin_while_the_traffic_is_bulk(adaptive) -> None:
+    """Full-size datagrams on average (a paced transfer): the gaps are short but nobody
+    waits on them, so no spinning; small ones, or a quiet spell, bring the spin back."""
+    a, b, sel = adaptive
+    _event_after(a, b, sel, 0.0)
+    _event_after(a, b, sel, 0.03)
+    assert sel.spin_after(b.fileno()) > 0
+    sel.note_traffic(7, 31, 31 * 1400)          # fewer than 32 datagrams: not judged yet
+    assert not sel.bulk
+    sel.note_traffic(7, 40, 40 * 1400)
+    assert sel.bulk
+    spun = sel.spun
+    _event_after(a, b, sel, 0.005)              # would have been caught by the spin
+    assert sel.spun == spun and sel.caught == 0
+    sel.note_traffic(7, 80, 40 * 1400 + 40 * 120)    # the next 40 are small: interactive again
+    assert not sel.bulk
+    sel.note_traffic(7, 120, 40 * 1400 + 40 * 120 + 40 * 1400)
+    assert sel.bulk
+    assert sel.select(0.01) == [] and not sel.bulk   # quiet: judged afresh
+    _event_after(a, b, sel, 0.0)
+    caught = sel.caught
+    _event_after(a, b, sel, 0.005)
+    assert sel.caught == caught + 1             # what it learned before the bulk still holds

@@ -39,7 +39,7 @@ import threading
 from dataclasses import replace
 from typing import Any, Awaitable, Callable, Hashable, Iterable, Protocol
 
-from toucli.busypoll import ADAPTIVE_WINDOW, BusyPollSelector
+from toucli.busypoll import ADAPTIVE_WINDOW, BusyPollSelector, of_loop
 from toucli.stack.config import ConnectionConfig
 from toucli.stack.connection import Connection, State
 from toucli.stack.endpoint import Endpoint
@@ -561,6 +561,8 @@ class Tunnel:
         self._icmp: list[IcmpReport] = []
         self.ptb_accepted = 0          # Packet Too Big messages that moved a path's search
         self.ptb_ignored = 0           # ... that did not validate or changed nothing
+        poller = of_loop(self.loop)
+        self._poller = poller if poller is not None and poller.adaptive else None
         self.loop.add_reader(usock.fileno(), self._on_readable)
         usock.on_blocked = self._on_blocked
         usock.on_error = self._on_icmp
@@ -670,12 +672,16 @@ class Tunnel:
                     counts[key] = c
             rx.clear()
 
+        usock = self.usock
         try:
-            self.usock.receive(handle, RECV_CALLS_PER_WAKEUP)
+            usock.receive(handle, RECV_CALLS_PER_WAKEUP)
         except OSError as exc:
             self._udp_failed(exc)
         counts.clear()
         self._service(now)
+        if self._poller is not None:          # adaptive polling: is this bulk traffic?
+            self._poller.note_traffic(usock.fileno(), usock.datagrams_in + usock.datagrams_out,
+                                      usock.bytes_in + usock.bytes_out)
 
     def _on_icmp(self, report: IcmpReport) -> None:
         """An ICMP error from the socket's error queue: handled in the next service round."""
