@@ -79,8 +79,11 @@ class BusyPollSelector(selectors.EpollSelector):
             return ready
         adaptive = self.adaptive
         after = self._after
-        learned = self._spins.get(after, 0.0) if adaptive else 0.0
-        spin = (0.0 if self.bulk else learned) if adaptive else self.window if self.active else 0.0
+        if adaptive:
+            learned = self._spins.get(after, 0.0)      # kept while bulk, used again after it
+            spin = 0.0 if self.bulk else learned
+        else:
+            spin = self.window if self.active else 0.0
         clock = time.monotonic
         start = clock()
         if spin > 0.0:
