@@ -175,17 +175,22 @@ def test_retransmitted_fin_in_time_wait_is_acked():
     t.expect_state(State.TIME_WAIT)
 
 
-def test_fin_retransmitted_on_rto_with_backoff():
+def test_fin_retransmitted_by_a_probe_then_on_rto_with_backoff():
+    """A lone FIN is a one-segment flight: its tail loss probe comes when the RTO would
+    (RFC 8985 §7.2) and re-arms it; then the RTO backs off (RFC 6298 §5.5)."""
     t = est()
     t.shutdown(at=0.1)
     fin = t.out(S, R, FIN | ACK)
     t.expect(fin, at=0.1)
     t.advance(to=0.3)
     t.expect(fin, at=0.3)
-    assert t.deadline() == pytest.approx(0.7)
-    t.advance(to=0.7)
-    t.expect(fin, at=0.7)
-    t.recv(t.inp(R, S + 1), at=0.75)
+    assert t.conn.stats()["tlp_probes"] == 1 and t.deadline() == pytest.approx(0.5)
+    t.advance(to=0.5)
+    t.expect(fin, at=0.5)
+    assert t.conn.stats()["rto_count"] == 1 and t.deadline() == pytest.approx(0.9)
+    t.advance(to=0.9)
+    t.expect(fin, at=0.9)
+    t.recv(t.inp(R, S + 1), at=0.95)
     t.expect_state(State.FIN_WAIT_2)
     assert t.deadline() is None
 

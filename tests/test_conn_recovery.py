@@ -40,8 +40,9 @@ def dupack(t: Harness, at: float, sack=None):
 
 # ---------------------------------------------------------------- RTO
 def test_rto_retransmission_with_exponential_backoff_capped():
-    """RFC 6298 §5.4-§5.6: retransmit the earliest segment, double the RTO, cap at rto_max."""
-    t = est(rto_max=1.0)
+    """RFC 6298 §5.4-§5.6: retransmit the earliest segment, double the RTO, cap at rto_max
+    (without tail loss probes, which would take the first RTO's place)."""
+    t = est(rto_max=1.0, tlp=False)
     t.send(X * 500, at=0.1)
     seg = t.out(S, R, ACK | PSH, W, X * 500)
     t.expect(seg, at=0.1)
@@ -88,7 +89,7 @@ def test_rtt_sampled_from_a_never_retransmitted_segment():
 
 def test_user_timeout_gives_up_with_error_and_rst():
     """RFC 9293 §3.8.3: data unacknowledged for user_timeout -> abort with RST."""
-    t = est(user_timeout=1.0, rto_max=1.0)
+    t = est(user_timeout=1.0, rto_max=1.0, tlp=False)
     t.send(X * 500, at=0.1)
     t.pop_output()
     t.advance(to=0.7)

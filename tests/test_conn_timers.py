@@ -167,7 +167,7 @@ def test_harness_any_matches_every_value_and_time_only_moves_forward():
 
 
 def test_harness_fires_timers_at_their_own_deadlines_before_input():
-    t = est()
+    t = est(tlp=False)
     t.send(b"abc", at=0.1)
     t.pop_output()
     t.recv(t.inp(R, S + 3, ACK, 30000), at=0.75)   # the RTO fired at 0.3 and 0.7 first

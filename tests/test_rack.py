@@ -145,7 +145,8 @@ def test_a_partly_acknowledged_resend_still_counts_as_lost():
 
 def test_probe_resends_repaired_outside_recovery_leave_nothing_queued():
     """Tail-loss-probe resends answered by an ACK of everything: nothing is pending,
-    so nothing stays queued for RACK, however often it happens."""
+    so nothing stays queued for RACK, however often it happens. No D-SACK follows such
+    an ACK, so each probe judges the one before it a repaired loss and no RTO fires."""
     t = est()
     now = 0.1
     for k in range(30):
@@ -155,7 +156,8 @@ def test_probe_resends_repaired_outside_recovery_leave_nothing_queued():
         assert len(t.pop_segments()) == 1
         t.recv(t.inp(R, t.conn.snd_max + S - 1, ACK, W), at=t.now + 0.001)
         now = t.now + 0.05
-    assert t.conn.stats()["tlp_probes"] == 30
+    st = t.conn.stats()
+    assert (st["tlp_probes"], st["tlp_recoveries"], st["rto_count"]) == (30, 29, 0)
     assert len(t.conn._rtxq_ts) == 0
 
 
@@ -291,28 +293,58 @@ def test_tail_loss_probe_sends_new_data_when_the_window_allows():
     assert t.conn._tlp_is_retrans is False
 
 
+def test_one_segment_flight_is_probed_in_place_of_the_rto():
+    """§7.2: PTO = 2*SRTT + WCDelAckT = 220 ms is later than the RTO (200 ms), so the
+    probe goes out when the RTO would have fired, and the RTO is re-armed behind it."""
+    t = est()
+    t.send(X * 1000, at=0.1)
+    assert seqs(t) == [0]
+    assert t.deadline() == pytest.approx(0.3)
+    t.step()
+    assert seqs(t) == [0] and t.now == pytest.approx(0.3)
+    st = t.conn.stats()
+    assert (st["tlp_probes"], st["rto_count"], t.conn.cc.cwnd) == (1, 0, 10000)
+    assert t.deadline() == pytest.approx(0.5)
+    t.step()
+    assert seqs(t) == [0]                          # the probe was lost too: now the RTO
+    assert t.conn.stats()["rto_count"] == 1
+
+
 def test_probe_that_repaired_a_loss_reduces_cwnd():
-    """§7.4.2: the ACK covers the probe and carries no D-SACK: the original was lost."""
+    """§7.4.2: an ACK beyond the probe, and no D-SACK of it: the original was lost. An ACK
+    of exactly the probe's end proves nothing yet."""
     t = est()
     t.send(X * 3000, at=0.1)
     t.pop_output()
     t.step()
     t.pop_output()
     t.recv(t.inp(R, S + 3000, ACK, W), at=0.135)
+    assert t.conn.stats()["tlp_recoveries"] == 0 and t.conn.cc.ssthresh == INITIAL_SSTHRESH
+    t.send(X * 1000, at=0.14)
+    assert seqs(t) == [3]
+    t.recv(t.inp(R, S + 4000, ACK, W), at=0.15)
     st = t.conn.stats()
     assert st["tlp_recoveries"] == 1 and st["ssthresh"] == 2000   # NewReno: 3000/2 -> 2 SMSS floor
     assert st["rto_count"] == 0
 
 
-def test_probe_answered_by_a_dsack_changes_nothing():
+@pytest.mark.parametrize("apart", [False, True])
+def test_probe_answered_by_a_dsack_changes_nothing(apart):
+    """The D-SACK of the probe may come with the ACK of the original or after it."""
     t = est()
     t.send(X * 3000, at=0.1)
     t.pop_output()
     t.step()
     t.pop_output()
+    if apart:
+        t.recv(t.inp(R, S + 3000, ACK, W), at=0.13)
     t.recv(t.inp(R, S + 3000, ACK, W, sack=((S + 2000, S + 3000),)), at=0.135)
+    t.send(X * 1000, at=0.14)
+    t.pop_output()
+    t.recv(t.inp(R, S + 4000, ACK, W), at=0.15)
     st = t.conn.stats()
     assert st["tlp_recoveries"] == 0 and st["ssthresh"] == INITIAL_SSTHRESH
+    assert t.conn.cc.cwnd >= 10000
 
 
 # ---------------------------------------------------------------- PRR
@@ -340,6 +372,20 @@ def test_prr_spreads_the_reduction_over_the_acks():
     assert not t.conn.in_recovery and t.conn.stats()["cwnd"] == 5000
 
 
+def test_prr_counts_a_partial_ack_over_sacked_data_once():
+    """RFC 6937 §3: DeliveredData = change in SND.UNA + change in SACKed bytes, so an ACK
+    that fills the hole below SACKed data counts the hole only."""
+    t = est()
+    t.send(X * 30000, at=0.1)
+    t.pop_output()
+    for k in range(1, 4):                          # segment 0 lost; 1..k SACKed
+        sack(t, 0.110 + k * 0.001, S, (S + 1000, S + 1000 * (k + 1)))
+    assert t.conn.in_recovery and t.conn.prr.prr_delivered == 1000
+    t.pop_output()
+    t.recv(t.inp(R, S + 4000, ACK, W), at=0.125)   # the resent 0 arrives: 1..3 were SACKed
+    assert t.conn.in_recovery and t.conn.prr.prr_delivered == 2000
+
+
 def test_prr_off_falls_back_to_cwnd_equals_ssthresh():
     t = est(prr=False)
     t.send(X * 30000, at=0.1)
@@ -364,6 +410,23 @@ def test_dsack_of_every_retransmission_undoes_the_reduction():
     assert st["spurious_undos"] == 1
     assert (t.conn.cc.cwnd, t.conn.cc.ssthresh) == (10000, INITIAL_SSTHRESH)
     assert st["reordering_seen"]
+
+
+def test_dsack_of_a_probe_does_not_undo_a_real_recovery():
+    """The probe resent 3 while 0 was really lost: recovery then needs the D-SACKs of both
+    its own resend and the probe's before it may undo (Linux's tcp_init_undo)."""
+    t = est()
+    t.send(X * 4000, at=0.1)
+    t.pop_output()
+    t.step()
+    t.expect(data(t, 3, ACK | PSH), at=0.122)      # the probe
+    sack(t, 0.125, S, (S + 1000, S + 4000))        # originals 1..3: 0 is lost
+    assert t.conn.in_recovery and seqs(t) == [0]
+    sack(t, 0.126, S, (S + 3000, S + 4000), (S + 1000, S + 4000))   # D-SACK of the probe
+    t.recv(t.inp(R, S + 4000, ACK, W), at=0.135)   # the resent 0 repaired the hole
+    st = t.conn.stats()
+    assert st["dsacks_in"] == 1 and st["spurious_undos"] == 0
+    assert t.conn.cc.ssthresh == 2000
 
 
 def test_eifel_undoes_a_spurious_timeout():

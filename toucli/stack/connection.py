@@ -973,7 +973,7 @@ class Connection:
         if self.snd_max > self.snd_una:
             self._loss_detection(now)
             if self.prr.active:
-                delivered = acked + newly_sacked
+                delivered = self.delivered - delivered_before   # RFC 6937 §3 DeliveredData
                 if not self.sack_ok and acked <= 0 and ack == snd_una:
                     delivered = self.eff_mss   # RFC 6937 §3: one MSS per duplicate ACK without SACK
                 self._recovery_cwnd = self.prr.on_ack(delivered, self._pipe(), self.eff_mss)
@@ -1150,8 +1150,7 @@ class Connection:
         # RFC 6298 §5.2/5.3.
         if self.snd_max > ack:
             self.rto_deadline = now + self.rtt.rto
-            if self.tlp_deadline is not None or self._tlp_end is None:
-                self._arm_tlp(now)
+            self._arm_tlp(now)
         else:
             self.rto_deadline = None
             self.tlp_deadline = None
@@ -1325,8 +1324,7 @@ class Connection:
         self.cc.on_congestion_event(now, flight)
         self._rxt_now = True
         self._undo_marker = self.snd_una
-        self._undo_retrans = 0
-        self._undo_rtx_total = 0
+        self._undo_retrans = self._undo_rtx_total = self._tlp_rtx_outstanding()
         self._retrans_stamp = None
         self._eifel_checked = False
         self._tlp_end = None
@@ -1463,26 +1461,41 @@ class Connection:
         end = self._tlp_end
         if end is None or ack < end:
             return
+        if not self._tlp_is_retrans:
+            self._tlp_end = None          # the probe carried new data: nothing to judge
+            return
+        if ack == end:
+            return   # the original or the probe arrived: a D-SACK of the probe may follow
+        self._tlp_repaired(now)
+
+    def _tlp_repaired(self, now: float) -> None:
+        """The probe's retransmission was acknowledged and no D-SACK of it came: the
+        original was lost and the probe repaired it, so the congestion response still
+        applies (RFC 8985 §7.4.2)."""
         self._tlp_end = None
-        if self._tlp_is_retrans:
-            # The probe's ACK came without a D-SACK of it: the original was lost and the
-            # probe repaired it, so the congestion response still applies (RFC 8985 §7.4.2).
-            self.tlp_recoveries += 1
-            self.cc.on_congestion_event(now, self._tlp_flight)
-            self.cc.on_recovery_exit(now)
+        self.tlp_recoveries += 1
+        self.cc.on_congestion_event(now, self._tlp_flight)
+        self.cc.on_recovery_exit(now)
+
+    def _tlp_rtx_outstanding(self) -> int:
+        """1 if a probe's retransmission is still unjudged, else 0: a new undo episode
+        then waits for its D-SACK too, so that D-SACK cannot stand in for one of the
+        episode's own (Linux's tcp_init_undo)."""
+        return 1 if self._tlp_end is not None and self._tlp_is_retrans else 0
 
     def _arm_tlp(self, now: float) -> None:
         """RFC 8985 §7.2: (re)start the probe timer after new data or a cumulative ACK."""
         self.tlp_deadline = None
         cfg = self.config
+        end = self._tlp_end
         if (not cfg.tlp or not cfg.rack or not self.sack_ok or self.in_recovery
-                or self.sacked.total or self._tlp_end is not None or self.snd_max <= self.snd_una):
-            return
-        pto = probe_timeout(self.rtt.srtt, self.flight <= self.eff_mss)
-        t = now + pto
-        if self.rto_deadline is not None and t >= self.rto_deadline:
-            return
-        self.tlp_deadline = t
+                or self.sacked.total or self.snd_max <= self.snd_una
+                or (end is not None and self.snd_una < end)):
+            return   # one probe per episode (§7.3), until the ACK reaches its end
+        t = now + probe_timeout(self.rtt.srtt, self.flight <= self.eff_mss)
+        rto = self.rto_deadline
+        # RFC 8985 §7.2: an RTO due sooner than the PTO is replaced by the probe.
+        self.tlp_deadline = rto if rto is not None and rto < t else t
 
     def _receive_data(self, seq: int, payload: Buffer, now: float) -> None:
         """Place received text (RFC 9293 §3.10.7.4 seventh check), reassembling out of order."""
@@ -1669,6 +1682,14 @@ class Connection:
             self.timewait_deadline = None
             self._enter_closed()
             return
+        tlp = self.tlp_deadline
+        if tlp is not None and now >= tlp:
+            self.tlp_deadline = None
+            if self.snd_max > self.snd_una and not self.in_recovery and self.state in _SYNCHRONIZED:
+                self._tlp_pending = True    # RFC 8985 §7.3: the probe goes out with the output
+                if self.rto_deadline is not None and tlp >= self.rto_deadline:
+                    # §7.2: the probe takes the RTO's place; §7.3: the RTO is re-armed.
+                    self.rto_deadline = now + self.rtt.rto
         if self.rto_deadline is not None and now >= self.rto_deadline:
             self.rto_deadline = None
             self._on_rto(now)
@@ -1680,10 +1701,6 @@ class Connection:
                 self._loss_detection(now)   # RFC 8985 §6.3 RACK_detect_loss_and_arm_timer
                 if self.prr.active:
                     self._recovery_cwnd = self.prr.on_ack(0, self._pipe(), self.eff_mss)
-        if self.tlp_deadline is not None and now >= self.tlp_deadline:
-            self.tlp_deadline = None
-            if self.snd_max > self.snd_una and not self.in_recovery and self.state in _SYNCHRONIZED:
-                self._tlp_pending = True    # RFC 8985 §7.3: the probe goes out with the output
         if self.pace_deadline is not None and now >= self.pace_deadline:
             self.pace_deadline = None       # the output that follows sends the next quantum
         if self.delack_deadline is not None and now >= self.delack_deadline:
@@ -1743,8 +1760,7 @@ class Connection:
             # A new timeout episode (a repeated expiry keeps the first one's undo state).
             if not self.in_recovery or self._undo_marker is None:
                 self._undo_marker = self.snd_una
-                self._undo_retrans = 0
-                self._undo_rtx_total = 0
+                self._undo_retrans = self._undo_rtx_total = self._tlp_rtx_outstanding()
             self._retrans_stamp = None
             self._eifel_checked = False
         self.cc.on_rto(now, self.flight)
@@ -1947,7 +1963,7 @@ class Connection:
             if was_idle:
                 self._last_progress = now
             self._arm_rto(now)
-            if sent_new and self._tlp_end is None and not self.in_recovery:
+            if sent_new:
                 self._arm_tlp(now)
 
     def _all_sent(self, pipe: int, cwnd: int) -> None:
@@ -2070,6 +2086,11 @@ class Connection:
         """RFC 8985 §7.3: send new data if any fits the peer's window, else resend the last segment."""
         if self.snd_max <= self.snd_una or self.in_recovery:
             return
+        if self._tlp_end is not None:
+            # The last probe's range is acknowledged, and no D-SACK of it came in the
+            # PTO since (it would come right behind the ACK of the original): judge it
+            # now, so that it does not stop this probe (tou's addition to §7.4.2).
+            self._tlp_repaired(now)
         mss = self.eff_mss
         unsent = data_end - self.snd_max
         wnd_room = self.snd_wnd_edge - self.snd_max
