@@ -49,7 +49,7 @@ def fake_tunnel(*conns, family=socket.AF_INET, secure=None) -> SimpleNamespace:
     if secure is None:
         transport = SimpleNamespace(name="cleartext", overhead=4, drops=0)
     else:
-        transport = SimpleNamespace(name="DTLS", overhead=41, ep=secure)
+        transport = SimpleNamespace(name="DTLS", overhead=41, ep=secure, drops=0)
     ep = SimpleNamespace(connections={(id(c.peer), c.local_port, c.remote_port): c for c in conns})
     return SimpleNamespace(usock=usock, transport=transport, ep=ep, channels={})
 
@@ -197,6 +197,8 @@ def test_secure_sessions_give_peers_and_drop_counters() -> None:
     assert snap["drops"] == {"replay": 2, "auth": 1, "malformed": 0}
     assert snap["secure"]["handshakes_completed"] == 1
     assert snap["connections"][0]["peer"] == "192.0.2.9:4500"
+    col.tunnels[0].transport.drops = 3             # TCP headers in authentic records that do not parse
+    assert col.sample(4.0, 4.0)["drops"]["malformed"] == 3
 
 
 def test_history_keeps_the_last_minute() -> None:

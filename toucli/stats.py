@@ -376,9 +376,10 @@ class Collector:
                     if k.startswith("drop_"):
                         drops[k[5:]] = drops.get(k[5:], 0) + v
                 peers.extend(_sessions(ep, now))
-            else:
-                plain = int(getattr(tr, "drops", 0) or 0)
-                drops["malformed"] = drops.get("malformed", 0) + plain
+            # GUE or TCP headers that do not parse (under DTLS: inside authentic records)
+            malformed = int(getattr(tr, "drops", 0) or 0)
+            if malformed or counters is None:
+                drops["malformed"] = drops.get("malformed", 0) + malformed
         if send_drops:
             drops["send"] = send_drops
         if secure is None:
