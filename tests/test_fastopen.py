@@ -102,6 +102,23 @@ def test_refused_syn_data_is_sent_again_at_once():
     assert t.conn.snd_una == 6
 
 
+def test_syn_data_acknowledged_in_part_sends_the_rest_at_once():
+    """RFC 7413 §4.1.3: the SYN-ACK may acknowledge only part of the SYN's data (a server
+    that took fewer bytes); the rest goes out as new data right after the handshake."""
+    t = client()
+    t.ep.tfo_cookies[PEER] = (COOKIE, 1000)
+    connect(t, b"hello world")
+    t.expect(syn(t, tfo_cookie=COOKIE, payload=b"hello world"))
+    t.recv(t.inp(IRS, S + 5, SYN | ACK, W, mss=1000, sack_perm=True), at=0.1)
+    t.expect(t.out(S + 5, R, ACK | PSH, W, b" world"), at=0.1)
+    t.expect_events(Connected)
+    st = t.conn.stats()
+    assert (st["bytes_acked"], st["bytes_sent"], st["tfo_syn_data"]) == (5, 11, 11)
+    assert st["fast_open"] is True and st["rto_count"] == 0
+    t.recv(t.inp(R, S + 11, ACK, W), at=0.2)
+    assert t.conn.snd_una == t.conn.snd_max == 12
+
+
 def test_lost_syn_with_data_is_retransmitted_plain():
     t = client()
     t.ep.tfo_cookies[PEER] = (COOKIE, 1000)

@@ -122,6 +122,35 @@ def test_unknown_cc_is_a_usage_error_naming_the_choices(command) -> None:
     assert "vegas" in r.output and "bbr" in r.output and "cubic" in r.output and "newreno" in r.output
 
 
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [["connect", "127.0.0.1", "9"], ["listen", "127.0.0.1", "PORT"],
+                                     ["forward", "--serve", "127.0.0.1:PORT"],
+                                     ["forward", "-L", "PORT:127.0.0.1:9", "127.0.0.1:9"]])
+def test_mtu_flag_turns_path_mtu_discovery_off(monkeypatch, command) -> None:
+    """Every command discovers the path MTU unless ``--mtu`` fixes it (the tunnel is
+    stopped as it is built)."""
+    seen = []
+
+    def tunnel(*args, **kwargs):
+        seen.append((kwargs["pmtu"], args[2].mss))
+        raise TunnelError("stopped by the test")
+
+    for name in ("connect", "listen", "forward"):
+        monkeypatch.setattr(importlib.import_module(f"toucli.commands.{name}"), "Tunnel", tunnel)
+    monkeypatch.delenv("TOU_MTU", raising=False)
+    for extra in ([], ["--mtu", "1300"]):
+        port = str(_free_udp_port())
+        args = [a.replace("PORT", port) for a in command]
+        r = CliRunner().invoke(main, [args[0], "--insecure", *extra, *args[1:]])
+        assert r.exit_code == 1 and "stopped by the test" in r.output, r.output
+    assert seen == [(True, 1448), (False, 1300 - 20 - 8 - 4 - 20)]
+
+
 def test_mtu_out_of_range_and_bad_config_value_are_usage_errors(tmp_path) -> None:
     r = CliRunner().invoke(main, ["connect", "--insecure", "--mtu", "100", "127.0.0.1", "9"])
     assert r.exit_code == 2 and "--mtu" in r.output
