@@ -2086,7 +2086,7 @@ class Connection:
         """RFC 8985 §7.3: send new data if any fits the peer's window, else resend the last segment."""
         if self.snd_max <= self.snd_una or self.in_recovery:
             return
-        if self._tlp_end is not None:
+        if self._tlp_rtx_outstanding():
             # The last probe's range is acknowledged, and no D-SACK of it came in the
             # PTO since (it would come right behind the ACK of the original): judge it
             # now, so that it does not stop this probe (tou's addition to §7.4.2).
