@@ -25,6 +25,7 @@ from toucli.tunnel import (
 )
 from toucli.udp import UdpSocket
 
+from procs import free_udp_port
 from securenet import secret
 
 
@@ -122,12 +123,6 @@ def test_unknown_cc_is_a_usage_error_naming_the_choices(command) -> None:
     assert "vegas" in r.output and "bbr" in r.output and "cubic" in r.output and "newreno" in r.output
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("command", [["connect", "127.0.0.1", "9"], ["listen", "127.0.0.1", "PORT"],
                                      ["forward", "--serve", "127.0.0.1:PORT"],
                                      ["forward", "-L", "PORT:127.0.0.1:9", "127.0.0.1:9"]])
@@ -144,7 +139,7 @@ def test_mtu_flag_turns_path_mtu_discovery_off(monkeypatch, command) -> None:
         monkeypatch.setattr(importlib.import_module(f"toucli.commands.{name}"), "Tunnel", tunnel)
     monkeypatch.delenv("TOU_MTU", raising=False)
     for extra in ([], ["--mtu", "1300"]):
-        port = str(_free_udp_port())
+        port = str(free_udp_port())
         args = [a.replace("PORT", port) for a in command]
         r = CliRunner().invoke(main, [args[0], "--insecure", *extra, *args[1:]])
         assert r.exit_code == 1 and "stopped by the test" in r.output, r.output
