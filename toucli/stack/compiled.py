@@ -29,7 +29,7 @@ PACKAGE = "toucli.stack"
 # The per-segment code: everything an established connection runs for each segment. Not
 # segment.py: compiling it gains nothing measurable, and tests build expected segments
 # holding a match-anything value in typed fields.
-MODULES = ("connection", "endpoint", "seq", "tcp", "rangeset", "scoreboard", "rtt", "rack",
+MODULES = ("connection", "endpoint", "seq", "streambuf", "tcp", "rangeset", "scoreboard", "rtt", "rack",
            "rate", "pacer", "prr", "cc.base", "cc.newreno", "cc.cubic", "cc.hystart", "cc.bbr")
 MANIFEST = "compiled.sha256"
 PURE_ENV = "TOU_PURE_PYTHON"

@@ -35,6 +35,7 @@ from .rtt import RttEstimator
 from .scoreboard import APP_LIMITED, RETRANSMITTED, Ranges, SentLog
 from .segment import ACK, FIN, PSH, RST, SYN, Segment
 from .seq import HALF, MASK, seq_lt, seq_sub
+from .streambuf import StreamBuffer
 from .tcp import HEADER_LEN as TCP_HEADER_LEN, header_length
 
 Buffer = bytes | bytearray | memoryview   # what send() takes and segments carry: bytes-like
@@ -130,7 +131,7 @@ class Connection:
         self.snd_wl2 = -1           # send offset acknowledged by it
         self.max_snd_wnd = 0
         self.snd_wscale = 0
-        self.snd_buf = bytearray()  # unacknowledged + unsent data
+        self.snd_buf = StreamBuffer()   # unacknowledged + unsent data
         self.snd_buf_start = 1      # offset of snd_buf[0]
         self.fin_off: int | None = None   # offset of our FIN once shutdown() was called
         self._writer_blocked = False
@@ -140,7 +141,7 @@ class Connection:
         self.rcv_nxt = 0
         self.rcv_adv = 0            # right edge we advertised; never moves left (RFC 9293 §3.8.6.2.2)
         self.rcv_wscale = _wscale_for(cfg.recv_buffer) if cfg.window_scaling else 0
-        self.rcv_buf = bytearray()  # in-order data the application has not read
+        self.rcv_buf = StreamBuffer()   # in-order data the application has not read
         self.rcv_space = min(cfg.initial_recv_window, cfg.recv_buffer)  # auto-tuned window target
         self._ooo_starts: list[int] = []   # out-of-order segments, sorted, non-overlapping
         # Pieces kept out of order: the window bounds their bytes, this their count (tiny
@@ -464,7 +465,7 @@ class Connection:
         room = tfo_syn_room(self.config, self._tfo_cookie or b"", self._tfo_mss)
         n = min(len(self.snd_buf), max(room, 0))
         if n:
-            seg.payload = bytes(self.snd_buf[:n])
+            seg.payload = self.snd_buf.peek(0, n)
             self.snd_max = self._tfo_sent_end = 1 + n
             self.tfo_syn_data = n
             self.bytes_sent += n
@@ -490,7 +491,7 @@ class Connection:
             data = seg.payload[: max(0, self._recv_window())]
             self.tfo_accepted = True
             self.tfo_syn_data = len(data)
-            self.rcv_buf += data
+            self.rcv_buf.append(data)
             self.rcv_nxt = 1 + len(data)
             self.bytes_received += len(data)
             self._emit(Connected(self))
@@ -615,7 +616,7 @@ class Connection:
         self.state = State.CLOSED
         self.rto_deadline = self.delack_deadline = self.persist_deadline = None
         self.keepalive_deadline = self.timewait_deadline = None
-        self.snd_buf = bytearray()
+        self.snd_buf.clear()
         self._ooo_starts.clear()
         self._ooo_data.clear()
         self._emit(Closed(self))
@@ -639,23 +640,30 @@ class Connection:
             n = max(room, 0)
             self._writer_blocked = True
         if n:
-            self.snd_buf += data[:n] if n < len(data) else data
+            self.snd_buf.append(data[:n] if n < len(data) else data)
             if self.wake is not None:
                 self.wake(self)
         return n
 
     def recv(self, max_bytes: int = -1) -> bytes:
         """Read in-order data; ``b""`` when none is buffered."""
-        buf = self.rcv_buf
-        if not buf:
+        if not self.rcv_buf:
             return b""
-        if max_bytes < 0 or max_bytes >= len(buf):
-            data = bytes(buf)
-            buf.clear()
-        else:
-            data = bytes(buf[:max_bytes])
-            del buf[:max_bytes]
-        self._tune_copied += len(data)
+        data = self.rcv_buf.take(max_bytes)
+        self._read(len(data))
+        return data
+
+    def recv_chunks(self, max_bytes: int) -> list[Buffer]:
+        """Read up to ``max_bytes`` of in-order data as buffers, uncopied (for ``writev``)."""
+        if not self.rcv_buf:
+            return []
+        chunks = self.rcv_buf.take_chunks(max_bytes)
+        self._read(sum(map(len, chunks)))
+        return chunks
+
+    def _read(self, n: int) -> None:
+        """The application took ``n`` bytes: auto-tuning counts them; the window may reopen."""
+        self._tune_copied += n
         if self.state in _RECEIVES_DATA:
             # Window update when the offered window grew by at least one MSS after
             # having shrunk below half of the target (receiver SWS avoidance, RFC 9293 §3.8.6.2.2).
@@ -664,7 +672,6 @@ class Connection:
                 self._ack_now = True
                 if self.wake is not None:
                     self.wake(self)
-        return data
 
     @property
     def readable(self) -> int:
@@ -898,7 +905,7 @@ class Connection:
         if ack > 1:
             n = ack - 1
             self.tfo_syn_data_acked = True
-            del self.snd_buf[:n]
+            self.snd_buf.discard(n)
             self.snd_buf_start = ack
             self.bytes_acked += n
             self.delivered += n
@@ -1083,7 +1090,7 @@ class Connection:
         if self.fin_off is not None and ack > self.fin_off:
             drop = self.fin_off - self.snd_buf_start
         if drop > 0:
-            del self.snd_buf[:drop]
+            self.snd_buf.discard(drop)
             self.snd_buf_start += drop
             if self._writer_blocked and len(self.snd_buf) < self.config.send_buffer:
                 self._writer_blocked = False
@@ -1518,7 +1525,7 @@ class Connection:
         self.bytes_received += len(payload)
         if seq == rcv_nxt:
             had = bool(self.rcv_buf)
-            self.rcv_buf += payload
+            self.rcv_buf.append(payload)
             self.rcv_nxt = end
             if self.ooo.total:
                 self._pull_ooo()
@@ -1595,7 +1602,7 @@ class Connection:
             piece = data.pop(s)
             e = s + len(piece)
             if e > rcv_nxt:
-                self.rcv_buf += piece[rcv_nxt - s:]
+                self.rcv_buf.append(piece[rcv_nxt - s:])
                 rcv_nxt = e
             i += 1
         del starts[:i]
@@ -2010,7 +2017,7 @@ class Connection:
         start = self.snd_buf_start
         buf_end = start + len(buf)
         first_end = a + mss
-        first = self._segment(ACK, a, bytes(buf[a - start: first_end - start]), now)
+        first = self._segment(ACK, a, buf.peek(a - start, first_end - start), now)
         if a + mss == buf_end:
             first.flags |= PSH
         out.append(first)
@@ -2022,17 +2029,13 @@ class Connection:
             self.first_sent_ts = self.delivered_ts = now   # rate estimation: nothing in flight
         fl = APP_LIMITED if self._app_limited_until else 0
         dlv, dlv_ts, first_ts = self.delivered, self.delivered_ts, self.first_sent_ts
-        view = memoryview(buf)
-        try:
-            log.append(a, a + mss, now, fl, dlv, dlv_ts, first_ts)
-            for _ in range(k - 1):
-                a += mss
-                b = a + mss
-                append(Segment(lport, rport, (iss + a) & MASK, ack, ACK | PSH if b == buf_end else ACK,
-                               wnd, bytes(view[a - start: b - start]), tsval=tsval, tsecr=tsecr))
-                log.append(a, b, now, fl, dlv, dlv_ts, first_ts)
-        finally:
-            view.release()
+        log.append(a, a + mss, now, fl, dlv, dlv_ts, first_ts)
+        for _ in range(k - 1):
+            a += mss
+            b = a + mss
+            append(Segment(lport, rport, (iss + a) & MASK, ack, ACK | PSH if b == buf_end else ACK,
+                           wnd, buf.peek(a - start, b - start), tsval=tsval, tsecr=tsecr))
+            log.append(a, b, now, fl, dlv, dlv_ts, first_ts)
         self.snd_max = a + mss
         self.bytes_sent += k * mss
         if self._timed is None:
@@ -2123,7 +2126,7 @@ class Connection:
         fin_off = self.fin_off
         end = fin_off if fin_off is not None and b > fin_off else b
         fin = end != b
-        payload = bytes(self.snd_buf[a - start: end - start])
+        payload = self.snd_buf.peek(a - start, end - start)
         flags = ACK
         if end == start + len(self.snd_buf) and payload:
             flags |= PSH
