@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import random
 import socket
@@ -41,7 +42,7 @@ from typing import Any, Awaitable, Callable, Hashable, Iterable, Protocol
 
 from toucli.busypoll import ADAPTIVE_WINDOW, BusyPollSelector, of_loop
 from toucli.stack.config import ConnectionConfig
-from toucli.stack.connection import Connection, State
+from toucli.stack.connection import Buffer, Connection, State
 from toucli.stack.endpoint import Endpoint
 from toucli.stack.errors import LocalError
 from toucli.stack.events import Closed, Connected, Error, PeerClosed, Readable, Reset, Writable
@@ -55,7 +56,12 @@ from toucli.udp import MAX_UDP_PAYLOAD, SO_EE_ORIGIN_ICMP6, Address, IcmpReport,
 STREAM_PORT = 1              # inner TCP port of the listen/connect byte stream (docs/PROTOCOL.md §9)
 BATCH_PER_CONNECTION = 16    # segments fed to one connection before its output is drained
 RECV_CALLS_PER_WAKEUP = 64   # bounded drain: other work runs between bursts
-READ_CHUNK = 256 << 10       # bytes moved per local read/write
+READ_CHUNK = 256 << 10       # bytes moved per local read
+WRITE_CHUNK = 1 << 20        # bytes handed to one local write(v) at most
+PIPE_SIZE = 1 << 20          # what a local pipe is grown to (the unprivileged maximum by default)
+DEFAULT_PIPE_SIZE = 16 * 4096
+F_SETPIPE_SZ = 1031          # linux/fcntl.h
+F_GETPIPE_SZ = 1032
 PATH_MTU = 1500
 TCP_HEADER = 20
 DEFAULT_KEEPALIVE = 30.0     # seconds until a silent peer is declared dead
@@ -379,6 +385,15 @@ class Channel:
             self.last_activity = self.tunnel.loop.time()
             self.tunnel.kick()          # the window may have opened
         return data
+
+    def take_chunks(self, max_bytes: int = READ_CHUNK) -> list[Buffer]:
+        """Like :meth:`take`, as the buffers the engine holds, uncopied (for ``writev``)."""
+        chunks = self.conn.recv_chunks(max_bytes)
+        if chunks:
+            self.bytes_in += sum(map(len, chunks))
+            self.last_activity = self.tunnel.loop.time()
+            self.tunnel.kick()          # the window may have opened
+        return chunks
 
     @property
     def at_eof(self) -> bool:
@@ -1086,6 +1101,8 @@ class FdStream:
         if self.kind == "poll":
             self._was_blocking = os.get_blocking(fd)
             os.set_blocking(fd, False)
+        if stat.S_ISFIFO(mode):
+            _grow_pipe(fd)
         self._thread_queue: asyncio.Queue[bytes | BaseException] | None = None
 
     async def read(self, n: int = READ_CHUNK) -> bytes:
@@ -1156,6 +1173,17 @@ class FdStream:
         return item
 
 
+def _grow_pipe(fd: int) -> None:
+    """Let a pipe of the default size (64 KiB, ``pipe(7)``) hold :data:`PIPE_SIZE` bytes
+    (``fcntl(2)`` F_SETPIPE_SZ): 64 KiB costs the process at the other end a wake-up and
+    a system call per 64 KiB at most. A size someone chose is left alone."""
+    try:
+        if fcntl.fcntl(fd, F_GETPIPE_SZ) == DEFAULT_PIPE_SIZE:
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:              # over the user's pipe limit, or not Linux: keep what it has
+        pass
+
+
 class Pump:
     """Copies between local file descriptors and a channel from event-loop callbacks.
 
@@ -1187,7 +1215,7 @@ class Pump:
         self._up_open = True
         self._down_open = True
         self._held: memoryview | None = None         # source bytes the send buffer has not taken yet
-        self._unwritten: memoryview | None = None    # channel bytes the sink has not taken yet
+        self._unwritten: list[Buffer] | None = None  # channel bytes the sink has not taken yet
         self._source_watched = False
         self._sink_watched = False
         self._up_task: asyncio.Future[None] | None = None
@@ -1304,17 +1332,25 @@ class Pump:
         if not self._down_open or self._unwritten is not None or self.ended.done():
             return
         ch = self.ch
+        sink, gate = self.sink, self.gate
         while True:
+            if gate is None and sink is not None:
+                chunks = ch.take_chunks(WRITE_CHUNK)
+                if not chunks:
+                    break
+                if not self._write(chunks):
+                    return
+                continue
             data = ch.take(READ_CHUNK)
             if not data:
                 break
-            if self.gate is not None:
+            if gate is not None:
                 try:
-                    data = self.gate.take(data)
+                    data = gate.take(data)
                 except TunnelError as exc:
                     self._stop(exc)
                     return
-            if data and self.sink is not None and not self._write(memoryview(data)):
+            if data and sink is not None and not self._write([data]):
                 return
         if ch.error is not None:
             self._stop(ch.error)
@@ -1330,8 +1366,9 @@ class Pump:
                 self.sink.write_eof()
             self._check_done()
 
-    def _write(self, view: memoryview) -> bool:
-        """Write all of ``view`` to the sink; False if it would block (the rest waits) or failed.
+    def _write(self, bufs: list[Buffer]) -> bool:
+        """Write all of ``bufs`` to the sink (one ``writev`` while it takes everything);
+        False if it would block (the rest waits) or failed.
 
         A sink shared by several pumps (``listen -k`` on stdout) gets whole chunks: a
         pump whose chunk is cut short owns the sink until the rest is out, and the
@@ -1340,15 +1377,15 @@ class Pump:
         sink = self.sink
         assert sink is not None
         if sink.owner is not None and sink.owner is not self:
-            self._unwritten = view
+            self._unwritten = bufs
             sink.waiting.append(self._on_sink_writable)
             return False
         fd = sink.fd
-        while view:
+        while bufs:
             try:
-                n = os.write(fd, view)
+                n = os.writev(fd, bufs) if len(bufs) > 1 else os.write(fd, bufs[0])
             except (BlockingIOError, InterruptedError):
-                self._unwritten = view
+                self._unwritten = bufs
                 sink.owner = self
                 self._watch_sink(True)
                 return False
@@ -1359,7 +1396,7 @@ class Pump:
             except OSError as exc:
                 self._stop(exc)
                 return False
-            view = view[n:]
+            bufs = _advance(bufs, n)
         self._release_sink()
         return True
 
@@ -1381,12 +1418,12 @@ class Pump:
             self.loop.remove_writer(self.sink.fd)
 
     def _on_sink_writable(self) -> None:
-        view, self._unwritten = self._unwritten, None
+        bufs, self._unwritten = self._unwritten, None
         self._watch_sink(False)
         if self._over:
             return
         try:
-            if self.ended.done() or (view is not None and not self._write(view)):
+            if self.ended.done() or (bufs is not None and not self._write(bufs)):
                 return
             self._deliver()
         except Exception as exc:
@@ -1405,6 +1442,18 @@ class Pump:
         if not self.ended.done():
             self.ended.set_exception(exc)
             self.ended.exception()         # retrieved: run() may have been cancelled first
+
+
+def _advance(bufs: list[Buffer], n: int) -> list[Buffer]:
+    """What is left of ``bufs`` after a write took ``n`` bytes of them."""
+    i = 0
+    while i < len(bufs) and n >= len(bufs[i]):
+        n -= len(bufs[i])
+        i += 1
+    rest = bufs[i:] if i else bufs
+    if n:
+        rest = [memoryview(rest[0])[n:], *rest[1:]]
+    return rest
 
 
 async def splice(ch: Channel, source: FdStream | None, sink: FdStream | None, *,
