@@ -8,6 +8,8 @@ itself (every wait is bounded by ``--timeout``)::
     python bench/tcp_peer.py first-byte-target PORT      # prints when each connection's 1st byte arrives
     python bench/tcp_peer.py first-byte HOST PORT        # connect, send 1 byte; prints when connect began
     python bench/tcp_peer.py many HOST PORT -n 1000 --size 1024 --hold 5
+    cat FILE | python bench/tcp_peer.py send HOST PORT [--cc bbr]   # netcat-like: stdin -> TCP
+    python bench/tcp_peer.py recv PORT > OUT                      # one connection -> stdout
 
 Times are ``time.monotonic()``, which every network namespace of one machine
 shares, so a start printed in one namespace and an arrival printed in another
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import selectors
 import socket
@@ -146,6 +149,49 @@ def first_byte(args: argparse.Namespace) -> None:
     print(json.dumps({"connect_start": t0, "connected": t1, "answer": t2}), flush=True)
 
 
+COPY_CHUNK = 1 << 20
+
+
+def send(args: argparse.Namespace) -> None:
+    """Copy stdin into one TCP connection (``--cc`` picks its congestion control), then
+    half-close and wait for the peer's close: the sending half of ``nc HOST PORT``."""
+    s = socket.socket()
+    if args.cc:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, args.cc.encode())
+    s.settimeout(args.timeout)
+    s.connect((args.host, args.port))
+    fd = sys.stdin.fileno()
+    while True:
+        data = os.read(fd, COPY_CHUNK)
+        if not data:
+            break
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    while s.recv(65536):
+        pass
+    s.close()
+
+
+def recv(args: argparse.Namespace) -> None:
+    """Accept one TCP connection and copy it to stdout until its FIN: ``nc -l PORT > OUT``."""
+    srv = _listen(args.port, args.host)
+    srv.settimeout(args.timeout)
+    print(json.dumps({"listening": args.port}), file=sys.stderr, flush=True)
+    c, _ = srv.accept()
+    c.settimeout(args.timeout)
+    buf = bytearray(COPY_CHUNK)
+    view = memoryview(buf)
+    out = sys.stdout.fileno()
+    while True:
+        n = c.recv_into(buf)
+        if not n:
+            break
+        done = 0
+        while done < n:
+            done += os.write(out, view[done:n])
+    c.close()
+
+
 async def _many(args: argparse.Namespace) -> dict:
     payload = b"m" * args.size
     conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
@@ -219,9 +265,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--hold", type=float, default=3.0)
     p.add_argument("--parallel", type=int, default=100)
+    p = sub.add_parser("send")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("--cc", help="TCP_CONGESTION of the connection (cubic, bbr)")
+    p = sub.add_parser("recv")
+    p.add_argument("port", type=int)
+    p.add_argument("--host", default="127.0.0.1")
     args = ap.parse_args(argv)
     {"echo": echo, "pingpong": pingpong, "first-byte-target": first_byte_target,
-     "first-byte": first_byte, "many": many}[args.cmd](args)
+     "first-byte": first_byte, "many": many, "send": send, "recv": recv}[args.cmd](args)
 
 
 if __name__ == "__main__":
