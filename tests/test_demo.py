@@ -30,7 +30,7 @@ def test_demo_two_seconds_verifies_the_bytes() -> None:
     assert len(lines) == 1
     m = SUMMARY.match(lines[0])
     assert m, lines[0]
-    assert m["path"] == "loopback"
+    assert m["path"] == "loopback, DTLS"        # what tou connect/listen use by default
     assert int(m["bytes"].replace(",", "")) > 1_000_000
     assert 1.9 < float(m["secs"]) < 10
     assert res.stderr == ""                     # not a TTY: no progress line
@@ -41,9 +41,17 @@ def test_demo_through_an_emulated_lossy_path() -> None:
     assert res.returncode == 0, res.stderr
     m = SUMMARY.match(res.stdout.strip())
     assert m, res.stdout
-    assert m["path"] == "emulated path: rtt 10 ms, loss 2%, rate 20 Mbit/s"
+    assert m["path"] == "emulated path: rtt 10 ms, loss 2%, rate 20 Mbit/s; DTLS"
     assert int(m["retr"]) > 0                   # 2 % loss each way forces retransmissions
     assert float(m["rate"]) < 20                # the bottleneck holds
+
+
+def test_demo_insecure_is_cleartext_and_verifies_too() -> None:
+    res = demo("--seconds", "1", "--insecure")
+    assert res.returncode == 0, res.stderr
+    m = SUMMARY.match(res.stdout.strip())
+    assert m, res.stdout
+    assert m["path"] == "loopback, cleartext"
 
 
 def test_demo_rejects_bad_values() -> None:
