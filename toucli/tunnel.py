@@ -41,14 +41,15 @@ from dataclasses import replace
 from typing import Any, Awaitable, Callable, Hashable, Iterable, Protocol
 
 from toucli.busypoll import ADAPTIVE_WINDOW, BusyPollSelector, of_loop
+from toucli.filewriter import FileWriter
 from toucli.stack.config import ConnectionConfig
-from toucli.stack.connection import Buffer, Connection, State
+from toucli.stack.connection import Connection, State
 from toucli.stack.endpoint import Endpoint
 from toucli.stack.errors import LocalError
 from toucli.stack.events import Closed, Connected, Error, PeerClosed, Readable, Reset, Writable
 from toucli.stack.gue import PLAIN_HEADER, PLAIN_HEADER_LEN, GueHeader, parse_header
 from toucli.stack.pmtu import BASE_PLPMTU_V4, BASE_PLPMTU_V6, Plpmtud, udp_payload_limit
-from toucli.stack.segment import Segment
+from toucli.stack.segment import Buffer, Segment
 from toucli.stack.tcp import TcpDrop, decode_segment, encode_segment
 from toucli.stack.seq import MASK, seq_sub
 from toucli.udp import MAX_UDP_PAYLOAD, SO_EE_ORIGIN_ICMP6, Address, IcmpReport, UdpSocket
@@ -282,8 +283,11 @@ class SecureTransport:
         return peer.peer_addr
 
     def decode(self, data: memoryview, addr: Address, now: float, out: list) -> None:
-        for session, raw in self.ep.datagram_received(bytes(data), addr, now):
-            seg = decode_segment(raw, verify_checksum=False)   # the AEAD protects it (TOU-WIRE §3.3)
+        # ``data`` is a view of the socket's buffer, valid during this call: the session
+        # reads it in place, and what it returns are fresh decrypted records, whose
+        # payloads the segments keep as views.
+        for session, raw in self.ep.datagram_received(data, addr, now):
+            seg = decode_segment(raw, verify_checksum=False, view=True)   # the AEAD protects it (TOU-WIRE §3.3)
             if isinstance(seg, TcpDrop):
                 self.drops += 1
                 continue
@@ -1076,9 +1080,9 @@ class FdStream:
 
     Pipes and sockets are made non-blocking and moved by a :class:`Pump` from
     event-loop callbacks; regular files and ``/dev/null`` (which cannot be polled)
-    are read and written blocking, right away; a terminal is read by a helper
-    thread so the loop never blocks and the terminal's file status flags stay
-    untouched.
+    are read blocking, right away, and written by a :class:`FileWriter` thread; a
+    terminal is read by a helper thread so the loop never blocks and the terminal's
+    file status flags stay untouched.
     """
 
     def __init__(self, fd: int, *, sock: socket.socket | None = None, owned: bool = False) -> None:
@@ -1104,6 +1108,18 @@ class FdStream:
         if stat.S_ISFIFO(mode):
             _grow_pipe(fd)
         self._thread_queue: asyncio.Queue[bytes | BaseException] | None = None
+        self._writer: FileWriter | None = None
+
+    def file_writer(self) -> FileWriter:
+        """The thread that writes this regular file (kind ``"file"``), started on first use."""
+        if self._writer is None:
+            self._writer = FileWriter(self.fd, self.loop)
+        return self._writer
+
+    def _flush(self) -> None:
+        """Wait until the writer thread has written everything queued."""
+        if self._writer is not None:
+            self._writer.close()
 
     async def read(self, n: int = READ_CHUNK) -> bytes:
         """Read a file or a terminal (a :class:`Pump` reads pollable descriptors itself)."""
@@ -1116,6 +1132,7 @@ class FdStream:
         if self.eof_written or self.closed:
             return
         self.eof_written = True
+        self._flush()
         if self.sock is not None:
             try:
                 self.sock.shutdown(socket.SHUT_WR)
@@ -1133,6 +1150,7 @@ class FdStream:
         if self.closed:
             return
         self.closed = True
+        self._flush()
         self._restore()
         if self.sock is not None:
             self.sock.close()
@@ -1333,28 +1351,44 @@ class Pump:
             return
         ch = self.ch
         sink, gate = self.sink, self.gate
+        writer = sink.file_writer() if sink is not None and sink.kind == "file" else None
         while True:
-            if gate is None and sink is not None:
+            if writer is not None:
+                if writer.error is not None:
+                    self._stop(writer.error)
+                    return
+                if writer.full:                  # the receive window closes until it catches up
+                    writer.notify(self._on_writer)
+                    return
+            if gate is None:
                 chunks = ch.take_chunks(WRITE_CHUNK)
                 if not chunks:
                     break
-                if not self._write(chunks):
-                    return
-                continue
-            data = ch.take(READ_CHUNK)
-            if not data:
-                break
-            if gate is not None:
+            else:
+                data = ch.take(READ_CHUNK)
+                if not data:
+                    break
                 try:
                     data = gate.take(data)
                 except TunnelError as exc:
                     self._stop(exc)
                     return
-            if data and sink is not None and not self._write([data]):
+                chunks = [data] if data else []
+            if not chunks or sink is None:
+                continue
+            if writer is not None:
+                writer.put(chunks)
+            elif not self._write(chunks):
                 return
         if ch.error is not None:
             self._stop(ch.error)
         elif ch.at_eof:
+            if writer is not None and not writer.idle:
+                writer.notify(self._on_writer)   # the peer's FIN goes on once the file has it all
+                return
+            if writer is not None and writer.error is not None:
+                self._stop(writer.error)
+                return
             self._down_open = False
             try:
                 if self.gate is not None:
@@ -1399,6 +1433,16 @@ class Pump:
             bufs = _advance(bufs, n)
         self._release_sink()
         return True
+
+    def _on_writer(self) -> None:
+        """The file writer made room, finished, or failed."""
+        if self._over:
+            return
+        try:
+            self._deliver()
+        except Exception as exc:
+            self._stop(exc)
+        self.tunnel.kick()                 # the receive window may have opened
 
     def _release_sink(self) -> None:
         sink = self.sink

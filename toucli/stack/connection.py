@@ -33,12 +33,11 @@ from .rangeset import RangeSet
 from .rate import RateSample
 from .rtt import RttEstimator
 from .scoreboard import APP_LIMITED, RETRANSMITTED, Ranges, SentLog
-from .segment import ACK, FIN, PSH, RST, SYN, Segment
+from .segment import ACK, FIN, PSH, RST, SYN, Buffer, Segment
 from .seq import HALF, MASK, seq_lt, seq_sub
 from .streambuf import StreamBuffer
 from .tcp import HEADER_LEN as TCP_HEADER_LEN, header_length
 
-Buffer = bytes | bytearray | memoryview   # what send() takes and segments carry: bytes-like
 
 DUP_THRESH = 3                  # RFC 6675 §2 / RFC 5681 §3.2
 QUICKACK_SEGMENTS = 16          # ACK every segment at the start (receiver's slow-start helper)
@@ -340,7 +339,7 @@ class Connection:
             self.rcv_adv = edge
         return new
 
-    def _segment(self, flags: int, seq_off: int, payload: bytes = b"", now: float = 0.0) -> Segment:
+    def _segment(self, flags: int, seq_off: int, payload: Buffer = b"", now: float = 0.0) -> Segment:
         """Build an outgoing segment carrying our current ACK, window and options."""
         if flags & SYN:
             return self._syn_segment(flags, now)

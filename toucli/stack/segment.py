@@ -1,6 +1,8 @@
 """The TCP segment as the engine sees it (RFC 9293 §3.1).
 
 A ``Segment`` is the unit that goes into and comes out of the sans-I/O engine.
+Its payload may be a read-only view (of a decrypted record, or of what the
+application wrote): it is never changed, and copied only where it must outlive that.
 Codecs in :mod:`toucli.stack.tcp` turn it into bytes and back. Option fields are
 ``None`` when the option is absent. ``wnd`` is the raw 16-bit window field as it
 travels on the wire (unscaled).
@@ -16,6 +18,8 @@ ACK = 0x10
 URG = 0x20
 ECE = 0x40
 CWR = 0x80
+
+Buffer = bytes | bytearray | memoryview   # a payload: bytes, or a view of bytes nobody changes
 
 _FLAG_NAMES = ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."), (URG, "U"), (ECE, "E"), (CWR, "W"))
 
@@ -37,7 +41,7 @@ class Segment:
         ack: int = 0,
         flags: int = 0,
         wnd: int = 0,
-        payload: bytes = b"",
+        payload: Buffer = b"",
         *,
         urg: int = 0,
         mss: int | None = None,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-Buffer = bytes | bytearray | memoryview
+from .segment import Buffer
 
 PACK_BELOW = 2048       # appends shorter than this are copied into a packing chunk ...
 PACK_CHUNK = 64 << 10   # ... which takes them until it holds this many bytes
@@ -77,8 +77,9 @@ class StreamBuffer:
         """Index of the chunk holding running position ``pos`` (front <= pos < back)."""
         return bisect_right(self._ends, pos, self._head)
 
-    def peek(self, start: int, end: int) -> bytes:
-        """A copy of the bytes ``[start, end)`` counted from the front (clipped to what is held)."""
+    def peek(self, start: int, end: int) -> Buffer:
+        """The bytes ``[start, end)`` counted from the front (clipped to what is held): a
+        read-only view when they lie in one immutable chunk, else a copy."""
         a = self._front + max(start, 0)
         b = min(self._front + end, self._back)
         if b <= a:
@@ -89,9 +90,11 @@ class StreamBuffer:
         c_end = ends[i]
         c_start = c_end - len(chunk)
         if b <= c_end:
-            if isinstance(chunk, bytes):
-                return chunk[a - c_start: b - c_start]
-            return bytes(memoryview(chunk)[a - c_start: b - c_start])
+            if isinstance(chunk, bytearray):
+                return bytes(memoryview(chunk)[a - c_start: b - c_start])
+            if a == c_start and b == c_end:
+                return chunk
+            return memoryview(chunk)[a - c_start: b - c_start]
         parts: list[Buffer] = [memoryview(chunk)[a - c_start:]]
         while True:
             i += 1
@@ -136,7 +139,7 @@ class StreamBuffer:
                 return chunk                # a whole stored chunk leaves uncopied
         data = self.peek(0, n)
         self.discard(n)
-        return data
+        return data if isinstance(data, bytes) else bytes(data)
 
     def take_chunks(self, max_bytes: int) -> list[Buffer]:
         """Remove up to ``max_bytes`` from the front as a list of buffers (for ``writev``).

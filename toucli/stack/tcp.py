@@ -123,12 +123,15 @@ def decode_segment(
     verify_checksum: bool = True,
     src: bytes | None = None,
     dst: bytes | None = None,
+    view: bool = False,
 ) -> Segment | TcpDrop:
     """Decode one TCP segment (all of ``data``). Returns the Segment or a :class:`TcpDrop`.
 
     ``verify_checksum=False`` skips the checksum (segment authenticated by an
     AEAD). ``src``/``dst`` (4 or 16 bytes each) also allow the real-address
-    checksum form. Never raises.
+    checksum form. ``view=True``: the payload is a view of ``data`` instead of a
+    copy, for a caller whose ``data`` is its own and never changes (a decrypted
+    record); a reused receive buffer must be copied. Never raises.
     """
     n = len(data)
     if n < HEADER_LEN:
@@ -139,7 +142,8 @@ def decode_segment(
         return TcpDrop.BAD_DATA_OFFSET
     if verify_checksum and not tcp_checksum_ok(data, src, dst):
         return TcpDrop.BAD_CHECKSUM
-    seg = Segment(sport, dport, seq, ack, flags, wnd, bytes(data[hlen:]), urg=urg)
+    seg = Segment(sport, dport, seq, ack, flags, wnd, memoryview(data)[hlen:] if view else bytes(data[hlen:]),
+                  urg=urg)
     if hlen == HEADER_LEN:
         return seg
     if hlen == 32 and data[20:24] == _TS_ONLY_PREFIX:
