@@ -75,6 +75,15 @@ def tou_argv() -> list[str]:
     return [str(script)] if script.exists() else [PY, "-m", "toucli"]
 
 
+def user_env() -> dict[str, str]:
+    """tou's environment: the benchmark secret, no configuration file; no PYTHONPATH when the
+    installed script runs, so it runs the install it belongs to (another checkout's venv too)."""
+    env = tou_env()
+    if tou_argv()[0] != PY:
+        env.pop("PYTHONPATH", None)
+    return env
+
+
 def wait_udp(port: int, timeout: float = 15.0) -> None:
     """Until something is bound to UDP ``port`` (asked of ``ss``, so no datagram is sent)."""
     deadline = time.monotonic() + timeout
@@ -235,7 +244,7 @@ class Layout:
 
 # ------------------------------------------------------------------ contenders
 def run_tou(lay: Layout, insecure: bool = False) -> dict[str, Any]:
-    env = tou_env()
+    env = user_env()
     flags = ["--quiet"]
     if insecure:
         env.pop("TOU_SECRET")
@@ -300,7 +309,7 @@ def run_sink_alone(lay: Layout) -> dict[str, Any]:
 
 def run_demo(seconds: float) -> dict[str, Any]:
     with Procs() as ps:
-        p = ps.start("tou demo", [*tou_argv(), "demo", "--no-stats", "--seconds", f"{seconds:g}"], env=tou_env(),
+        p = ps.start("tou demo", [*tou_argv(), "demo", "--no-stats", "--seconds", f"{seconds:g}"], env=user_env(),
                      stdout=subprocess.PIPE)
         out = ps.output(p, seconds + 60)
         ps.reap(p, 10)
