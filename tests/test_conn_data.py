@@ -92,8 +92,9 @@ def test_sending_data_carries_the_pending_ack():
 
 
 def test_out_of_order_sack_blocks_most_recent_first_and_hole_fill():
-    """RFC 2018 §4: the first block reports the most recently received segment."""
-    t = est()
+    """RFC 2018 §4: the first block reports the most recently received segment (every
+    out-of-order segment answered at once: without SACK compression)."""
+    t = est(sack_compression=False)
     t.recv(t.inp(R + 1000, S, ACK, 30000, b"b" * 1000), at=0.1)
     t.expect(t.out(S, R, ACK, W, sack=((R + 1000, R + 2000),)))
     t.recv(t.inp(R + 3000, S, ACK, 30000, b"d" * 1000), at=0.11)
@@ -110,6 +111,36 @@ def test_out_of_order_sack_blocks_most_recent_first_and_hole_fill():
     t.recv(t.inp(R + 4000, S, ACK, 30000, b"e" * 1000), at=0.15)
     t.expect(t.out(S, R + 6000, ACK, W - 6000))
     assert t.read() == b"a" * 1000 + b"b" * 1000 + b"c" * 1000 + b"d" * 1000 + b"e" * 1000 + b"f" * 1000
+
+
+def test_out_of_order_acks_are_compressed_after_three_per_hole():
+    """Linux's SACK compression: for one RCV.NXT the first DUP_THRESH ACKs leave at once;
+    segments that only extend the newest block are then answered together, after
+    min(1 ms, RTT/20); a segment that opens a new block (a new hole) is answered at once."""
+    t = est()
+    seq = end_quickack(t)
+    for i in range(3):                                  # the hole at seq, then 3 in a row beyond it
+        t.recv(t.inp(seq + 100 + 100 * i, S, ACK, 30000, b"x" * 100), at=1.0 + i * 0.0001)
+    assert len(t.pop_segments()) == 3                   # three duplicate ACKs, at once
+    t.recv(t.inp(seq + 400, S, ACK, 30000, b"x" * 100), at=1.0003)
+    t.recv(t.inp(seq + 500, S, ACK, 30000, b"x" * 100), at=1.0004)
+    t.expect()                                          # held: they only extend the block
+    d = t.deadline()
+    assert d is not None and d <= 1.0003 + 0.001 + 1e-9
+    t.advance(d)
+    t.expect(t.out(S, seq, ACK, W, sack=((seq + 100, seq + 600),)))   # one ACK for both, up to date
+    t.recv(t.inp(seq + 800, S, ACK, 30000, b"x" * 100), at=1.01)       # a second hole: at once
+    t.expect(t.out(S, seq, ACK, W, sack=((seq + 800, seq + 900), (seq + 100, seq + 600))))
+
+
+def test_a_full_batch_of_compressed_sacks_is_answered_at_once():
+    t = est(recv_buffer=1 << 20, initial_recv_window=1 << 20)
+    seq = end_quickack(t)
+    for i in range(3 + 43):
+        t.recv(t.inp(seq + 100 + 10 * i, S, ACK, 30000, b"y" * 10), at=2.0)
+    assert len(t.pop_segments()) == 3                   # 43 held
+    t.recv(t.inp(seq + 100 + 10 * 46, S, ACK, 30000, b"y" * 10), at=2.0)
+    assert len(t.pop_segments()) == 1                   # the 44th answers them all at once
 
 
 def test_out_of_order_is_acked_at_once_even_after_quickack():

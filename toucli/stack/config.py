@@ -26,6 +26,7 @@ class ConnectionConfig:
     fast_open: bool = False            # TCP Fast Open (RFC 7413): cookies, data in the SYN
     initial_window_segments: int = 10  # RFC 6928
     delayed_ack: float = 0.025         # RFC 9293 §3.8.6.3 (must be < 0.5 s)
+    sack_compression: bool = True      # out of order: ACK at once only for new holes (Linux tcp_comp_sack)
     rto_initial: float = 1.0           # RFC 6298 §2.1
     rto_min: float = 0.2               # Linux's floor; RFC 6298 allows below 1 s
     rto_min_var: float = 0.0           # least variance term (Linux: 0.2, so RTO >= SRTT + 0.2 s)

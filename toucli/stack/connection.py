@@ -40,6 +40,8 @@ from .tcp import HEADER_LEN as TCP_HEADER_LEN, header_length
 
 
 DUP_THRESH = 3                  # RFC 6675 §2 / RFC 5681 §3.2
+SACK_COMPRESS_MAX = 44          # out-of-order segments one compressed ACK may answer (Linux tcp_comp_sack_nr)
+SACK_COMPRESS_DELAY = 0.001     # ... and how long it may wait at most: min(this, RTT / 20) (tcp_comp_sack_delay_ns)
 QUICKACK_SEGMENTS = 16          # ACK every segment at the start (receiver's slow-start helper)
 TS_VALID_FOR = 24 * 86400.0     # RFC 7323 §5.5: TS.Recent goes stale after 24 days idle
 MAX_WSCALE = 14                 # RFC 7323 §2.3
@@ -252,6 +254,9 @@ class Connection:
         # --- output ---
         self._ctl: list[Segment] = []   # RSTs, challenge ACKs, probes built during input
         self._ack_now = False
+        self._dupacks_for = -1          # RCV.NXT the immediate out-of-order ACKs were counted for
+        self._dupacks_sent = 0          # ... and how many went out
+        self._sack_held = 0             # out-of-order segments since the last ACK, not answered yet
         self._challenge_times: deque[float] = deque()
         self._rxt_now = False   # the next retransmission ignores cwnd
         self._max_flight = 0        # largest flight this round trip (cwnd validation)
@@ -351,6 +356,7 @@ class Connection:
             self._ack_now = False
             self.delack_deadline = None
             self._rcv_unacked = 0
+            self._sack_held = 0
             if self.sack_ok and (self._dsack is not None or self._sack_recent):
                 # RFC 9293 §3.7.1: payload and options stay within the MSS; blocks that do
                 # not fit beside the payload follow on a pure ACK (segments_to_send).
@@ -1543,10 +1549,36 @@ class Connection:
         else:
             self.ooo_segs_in += 1
             if self._insert_ooo(seq, payload, now):
-                # RFC 5681 §4.2: an immediate ACK for each out-of-order segment, so that
-                # a batch of arrivals does not collapse into one ACK whose SACK blocks
-                # cannot describe every range (RFC 2018 §4 wants each reported).
-                self._ctl.append(self._segment(ACK, self.snd_max, now=now))
+                self._ooo_ack(seq, now)
+
+    def _ooo_ack(self, seq: int, now: float) -> None:
+        """Answer out-of-order data (RFC 5681 §4.2: an immediate ACK), compressed as Linux does.
+
+        An ACK for each segment, built at once so that a batch of arrivals does not
+        collapse into one ACK whose SACK blocks cannot describe every range (RFC 2018
+        §4), made the receiver send an ACK for every data segment it got while a hole
+        was open: at 2 % loss and a BDP in flight, that is nearly all the time, and
+        the sender spent most of its CPU on them. So, as Linux's SACK compression
+        (``tcp_sack_compress``): the first DUP_THRESH duplicate ACKs for each RCV.NXT
+        and the ACK for a segment that starts a new SACK block (a new hole to report)
+        leave at once; the others are answered together, after SACK_COMPRESS_MAX
+        segments or min(SACK_COMPRESS_DELAY, RTT / 20), whichever comes first.
+        """
+        if self.rcv_nxt != self._dupacks_for:
+            self._dupacks_for = self.rcv_nxt
+            self._dupacks_sent = 0
+        blk = self.ooo.range_at(seq)
+        new_block = blk is not None and blk[0] == seq
+        if not self.config.sack_compression or self._dupacks_sent < DUP_THRESH or new_block \
+                or self._sack_held + 1 >= SACK_COMPRESS_MAX:
+            self._dupacks_sent += 1
+            self._ctl.append(self._segment(ACK, self.snd_max, now=now))
+            return
+        self._sack_held += 1
+        rtt = self.rtt.srtt or self.rcv_rtt
+        delay = SACK_COMPRESS_DELAY if rtt is None else min(SACK_COMPRESS_DELAY, rtt / 20)
+        if self.delack_deadline is None or now + delay < self.delack_deadline:
+            self.delack_deadline = now + delay
 
     def _note_dsack(self, a: int, b: int, now: float) -> None:
         """Report a duplicate in the next ACK (RFC 2883 §4); one ACK per duplicate."""
