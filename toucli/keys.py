@@ -26,6 +26,7 @@ import hashlib
 import math
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -258,16 +259,37 @@ class KnownPeers:
 # --- shared secrets ---------------------------------------------------------------
 
 class SharedSecret:
-    """A shared secret, stretched with scrypt; ``warning`` is set when it looks weak."""
+    """A shared secret, stretched with scrypt; ``warning`` is set when it looks weak.
 
-    __slots__ = ("key", "warning")
+    The stretching (about 0.1-0.2 s of CPU, by design) runs in a thread from the
+    moment the secret is loaded, and :attr:`key` waits for it: the key is needed only
+    for the proof after the DTLS handshake (PROTOCOL.md §8.1), so a client's first
+    round trips overlap it. hashlib lets go of the GIL while scrypt runs.
+    """
+
+    __slots__ = ("_key", "_thread", "warning")
 
     def __init__(self, secret: bytes, *, n: int = SCRYPT_N) -> None:
         secret = secret.strip()
         if not secret:
             raise KeyFileError("the shared secret is empty")
         self.warning = secret_weakness(secret)
-        self.key = stretch_secret(secret, n=n)
+        self._key: bytes | None = None
+
+        def stretch() -> None:
+            self._key = stretch_secret(secret, n=n)
+
+        self._thread = threading.Thread(target=stretch, name="tou-scrypt", daemon=True)
+        self._thread.start()
+
+    @property
+    def key(self) -> bytes:
+        """The 32-byte proof key (waits for the stretching to finish)."""
+        if self._key is None:
+            self._thread.join()
+            if self._key is None:
+                raise KeyFileError("the shared secret could not be stretched")
+        return self._key
 
 
 def stretch_secret(secret: bytes, *, n: int = SCRYPT_N) -> bytes:

@@ -131,13 +131,23 @@ class Auth:
 
     def __init__(self, mode: str, key: PrivateKey, peer_key: PublicKey | None = None,
                  peer_key_source: str = "--peer-key", authorized: AuthorizedKeys | None = None,
-                 secret_key: bytes | None = None) -> None:
+                 secret_key: bytes | SharedSecret | None = None) -> None:
         self.mode = mode
         self.key = key
         self.peer_key = peer_key
         self.peer_key_source = peer_key_source
         self.authorized = authorized
-        self.secret_key = secret_key
+        self._secret = secret_key
+
+    @property
+    def has_secret(self) -> bool:
+        return bool(self._secret)
+
+    @property
+    def secret_key(self) -> bytes | None:
+        """The shared secret's proof key (a :class:`SharedSecret` is stretched by now or waited for)."""
+        secret = self._secret
+        return secret.key if isinstance(secret, SharedSecret) else secret
 
     @classmethod
     def keys(cls, key: PrivateKey, *, peer_key: PublicKey | None = None,
@@ -146,7 +156,7 @@ class Auth:
 
     @classmethod
     def secret(cls, secret: SharedSecret | bytes) -> Auth:
-        key = secret.key if isinstance(secret, SharedSecret) else bytes(secret)
+        key = secret if isinstance(secret, SharedSecret) else bytes(secret)
         return cls("secret", PrivateKey.generate(), secret_key=key)
 
 
@@ -256,6 +266,11 @@ class _Association:
         return self.session.peer_addr if self.session is not None else self.addr
 
 
+def _without_payload(segment: bytes | bytearray | memoryview) -> bool:
+    """True for an encoded TCP segment that is all header (its data offset covers it)."""
+    return len(segment) >= MIN_TCP_SEGMENT and (segment[12] >> 4) * 4 >= len(segment)
+
+
 def _gue_prefix(assoc_id: int) -> bytes:
     return gue.encode_header(gue.PROTO_NONE, {
         gue.FLAG_T: bytes((gue.TRANSFORM_DTLS, gue.PROTO_TCP, 0, 0)),
@@ -281,6 +296,10 @@ class Session:
         self.peer_addr = peer_addr
         self.peer_identity: PeerIdentity | None = None
         self.state = "handshake"
+        # Client: it sent the proof of its first association and waits for the server's.
+        # Segments without payload (an inner SYN) may go now, behind the proof, so the
+        # SYN's round trip overlaps the proofs' (docs/PROTOCOL.md §8.1); data may not.
+        self.opening = False
         self.created = now
         self._current: _Association | None = None     # used for sending
         self._previous: _Association | None = None    # still opens records until _previous_until
@@ -337,7 +356,7 @@ class SecureEndpoint:
             raise LocalError("a client with a key pair needs the server's public key")
         if auth.mode == "keys" and role == SERVER and auth.authorized is None:
             raise LocalError("a server with a key pair needs authorized client keys")
-        if auth.mode == "secret" and not auth.secret_key:
+        if auth.mode == "secret" and not auth.has_secret:
             raise LocalError("shared-secret mode needs a secret")
         self.role = role
         self.auth = auth
@@ -411,8 +430,11 @@ class SecureEndpoint:
         """One datagram carrying ``segment`` for ``session.peer_addr``, or None (see module doc)."""
         assoc = session._current
         if session.state != "established" or assoc is None or assoc.keys is None:
-            self.counters["drop_not_established"] += 1
-            return None
+            assoc = session._pending
+            if not (session.opening and assoc is not None and assoc.keys is not None
+                    and _without_payload(segment)):
+                self.counters["drop_not_established"] += 1
+                return None
         keys = assoc.keys
         if not session._addr_verified:
             size = len(assoc.prefix) + keys.overhead + len(segment)
@@ -622,6 +644,9 @@ class SecureEndpoint:
             return
         mac = self._proof_mac(key, assoc, MSG_CLIENT_PROOF, assoc.prev_id)
         self._send_record(assoc, _PROOF.pack(MSG_CLIENT_PROOF, assoc.prev_id, mac), force=True)
+        session = assoc.session
+        if session is not None and session.state == "handshake" and session._pending is assoc:
+            session.opening = True
         assoc.proof_deadline = now + assoc.proof_rto
         assoc.proof_rto = min(assoc.proof_rto * 2, self.config.handshake_rto_max)
 
@@ -703,6 +728,7 @@ class SecureEndpoint:
         if session._current is None:
             session._current = assoc
             session.handshakes += 1
+            session.opening = False
             session.state = "established"
             session.peer_identity = self._identity(assoc)
             self._events.append(SessionEstablished(session, session.peer_identity))

@@ -277,7 +277,9 @@ class SecureTransport:
         return self.ep.connect(addr, now)
 
     def ready(self, peer: Any) -> bool:
-        return peer.state != "handshake"
+        """A held SYN may leave: the session is up, or the client's proof is on its way
+        (only payload-free segments are sealed before the server's proof arrives)."""
+        return peer.state != "handshake" or peer.opening
 
     def address(self, peer: Any) -> Address:
         return peer.peer_addr
@@ -294,6 +296,14 @@ class SecureTransport:
             out.append((session, seg))
 
     def encode(self, peer: Any, seg: Segment) -> tuple[bytes, Address] | None:
+        if peer.state == "handshake" and len(seg.payload):
+            # A Fast Open SYN sent while the proofs are in flight: no data goes before
+            # the server's proof (PROTOCOL.md §8.1), so the SYN goes without it, and
+            # TCP sends the data after the handshake, as for a cookie the server did
+            # not take (the SYN-ACK acknowledges the SYN only, RFC 7413 §4.2.2).
+            seg = Segment(seg.sport, seg.dport, seg.seq, seg.ack, seg.flags, seg.wnd, b"",
+                          urg=seg.urg, mss=seg.mss, wscale=seg.wscale, sack_perm=seg.sack_perm,
+                          sack=seg.sack, tsval=seg.tsval, tsecr=seg.tsecr, tfo_cookie=seg.tfo_cookie)
         datagram = self.ep.seal_segment(peer, encode_segment(seg, checksum=False))
         if datagram is None:
             return None
