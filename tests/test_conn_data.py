@@ -405,14 +405,28 @@ def test_timestamps_echo_peer_tsval():
 
 
 def test_paws_drops_old_tsval_with_ack():
-    """RFC 7323 §5.3 R1: SEG.TSval < TS.Recent -> drop, send an ACK."""
+    """RFC 7323 §5.3 R1: SEG.TSval < TS.Recent, beyond what a path reorders -> drop, send an ACK."""
     t = ts_est()
     t.recv(t.inp(R, S, ACK, 30000, b"a" * 10, tsval=200, tsecr=1010), at=1.1)
     t.pop_output()
-    t.recv(t.inp(R + 10, S, ACK, 30000, b"b" * 10, tsval=199, tsecr=1010), at=1.2)
+    old = (200 - 1001) & 0xFFFFFFFF           # 1 s and a tick behind: past the replay window
+    t.recv(t.inp(R + 10, S, ACK, 30000, b"b" * 10, tsval=old, tsecr=1010), at=1.2)
     t.expect(t.out(S, R + 10, ACK, W - 10, tsval=1200, tsecr=200))
     assert t.read() == b"a" * 10
     assert t.conn.stats()["paws_drops"] == 1
+
+
+def test_paws_takes_what_the_path_reordered_without_moving_ts_recent_back():
+    """A segment whose TSval is a little behind TS.Recent (jitter reordered it behind a
+    later one) is data, not an old duplicate: it is taken, and the ACK still echoes the
+    newest TS.Recent (it never goes back)."""
+    t = ts_est()
+    t.recv(t.inp(R, S, ACK, 30000, b"a" * 10, tsval=200, tsecr=1010), at=1.1)
+    t.pop_output()
+    t.recv(t.inp(R + 10, S, ACK, 30000, b"b" * 10, tsval=196, tsecr=1010), at=1.2)
+    t.expect(t.out(S, R + 20, ACK, W - 20, tsval=1200, tsecr=200))
+    assert t.read() == b"a" * 10 + b"b" * 10
+    assert t.conn.stats()["paws_drops"] == 0
 
 
 def test_paws_does_not_apply_to_rst():

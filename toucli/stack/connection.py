@@ -299,6 +299,24 @@ class Connection:
     def _emit(self, ev: Event) -> None:
         self.events.append(ev)
 
+    def _reordered_by_path(self, tsval: int) -> bool:
+        """A segment that fails PAWS only because the path reordered it: its TSval is
+        behind TS.Recent by less than the replay window, 1.2 RTO (Linux's
+        ``tcp_tsval_replay``) and at most 1 s.
+
+        PAWS (RFC 7323 §5) guards against old duplicates from a wrapped sequence space:
+        at 10 Gbit/s the space wraps in 3.4 s, far beyond the window. R1 taken strictly
+        throws away what jitter reorders: a retransmission that fills a hole moves
+        TS.Recent on (§4.3), and the originals sent just before it, still in flight
+        behind it, arrive with older TSvals; so do ACKs from a receiver whose 1 ms clock
+        ticked between them, each with SACK blocks the sender needs. Such a segment
+        still passes the window checks like any other, and does not move TS.Recent back.
+        Linux allows one tick for data and takes only duplicate ACKs this way
+        (``tcp_disordered_ack``); at 4 ms of jitter that dropped half the ACKs.
+        """
+        window = self.rtt.rto * 1200.0
+        return ((self.ts_recent - tsval) & MASK) <= (int(window) if window < 1000.0 else 1000)
+
     def _tsval(self, now: float) -> int:
         return (int(now * 1000.0) + self._ts_offset) & MASK
 
@@ -718,11 +736,14 @@ class Connection:
                 return
 
         # RFC 7323 §5.3 R1: PAWS.
+        disordered = False
         if self.ts_ok and seg.tsval is not None and not flags & RST and self.ts_recent_time is not None:
             if seq_lt(seg.tsval, self.ts_recent) and now - self.ts_recent_time < TS_VALID_FOR:
-                self.paws_drops += 1
-                self._queue_ack()
-                return
+                if flags & SYN or not self._reordered_by_path(seg.tsval):
+                    self.paws_drops += 1
+                    self._queue_ack()
+                    return
+                disordered = True
 
         # First check: is the segment acceptable? (RFC 9293 §3.10.7.4)
         seg_len = plen + (1 if flags & FIN else 0)
@@ -783,8 +804,8 @@ class Connection:
                 self._ctl.append(Segment(self.local_port, self.remote_port, seg.ack, 0, RST))
                 return
 
-        # RFC 7323 §4.3: update TS.Recent from in-order segments.
-        if self.ts_ok and seg.tsval is not None and seq <= self.last_ack_sent:
+        # RFC 7323 §4.3: update TS.Recent from in-order segments (never backwards).
+        if self.ts_ok and seg.tsval is not None and seq <= self.last_ack_sent and not disordered:
             self.ts_recent = seg.tsval
             self.ts_recent_time = now
 
@@ -1027,6 +1048,11 @@ class Connection:
                            self._covers_wire(blocks[1], a, b, base, base_wire)):
                 self._on_dsack(a, b, now)
                 continue
+            if a < base:
+                # An ACK the path delayed: what it SACKs below SND.UNA is acknowledged already.
+                if b <= base:
+                    continue
+                a = base
             pos = a
             while pos < b:
                 gap = sacked.first_gap(pos, b)
