@@ -42,6 +42,7 @@ from typing import Any, Awaitable, Callable, Hashable, Iterable, Protocol
 
 from toucli.busypoll import ADAPTIVE_WINDOW, BusyPollSelector, of_loop
 from toucli.filewriter import FileWriter
+from toucli.heap import keep_freed_memory
 from toucli.stack.config import ConnectionConfig
 from toucli.stack.connection import Connection, State
 from toucli.stack.endpoint import Endpoint
@@ -560,6 +561,7 @@ class Tunnel:
         §3.7.1); ``config.mss`` becomes ``send_mss``, the size of a Fast Open SYN's
         data, and an established connection sends what its peer's search confirmed.
         """
+        keep_freed_memory()
         self.loop = asyncio.get_running_loop()
         self.usock = usock
         self.transport = transport
