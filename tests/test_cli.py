@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from toucli import __version__
 from toucli.cli import EXIT_INTERRUPTED, TouGroup, main
+from toucli.commands import NAMES
 from toucli.stack import ENGINE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,3 +109,15 @@ def test_ci_script_is_executable_and_strict() -> None:
     script = ROOT / ".ci" / "run"
     assert os.access(script, os.X_OK)
     assert "set -euo pipefail" in script.read_text().splitlines()[:5]
+
+
+def test_a_subcommand_imports_only_its_own_module() -> None:
+    """`tou connect` starts without importing forward or demo (NAMES, loaded on lookup)."""
+    probe = ("import sys; from toucli.cli import main\n"
+             "try:\n    main(['connect', '--help'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in sys.modules if m.startswith('toucli.commands.')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    loaded = out.stdout.strip().splitlines()[-1]
+    assert "toucli.commands.connect" in loaded
+    assert "toucli.commands.forward" not in loaded and "toucli.commands.demo" not in loaded
+    assert [c.name for c in main.commands.values()] == [] and main.list_commands(None) == list(NAMES)

@@ -42,7 +42,7 @@ def _man_text() -> str:
 def _long_options() -> set[str]:
     """Every long option that ``tou --help`` and ``tou COMMAND --help`` show."""
     runner = CliRunner()
-    invocations = [["--help"]] + [[name, "--help"] for name in main.commands]
+    invocations = [["--help"]] + [[name, "--help"] for name in main.list_commands(None)]
     options: set[str] = set()
     for args in invocations:
         result = runner.invoke(main, args)

@@ -10,7 +10,7 @@ import click
 
 from toucli import __version__
 from toucli.stack import ENGINE
-from toucli.commands import COMMANDS
+from toucli.commands import NAMES, load
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -20,7 +20,14 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
 
 
 class TouGroup(click.Group):
-    """A click group that exits 130 on Ctrl-C (click alone prints "Aborted!" and exits 1)."""
+    """A click group that exits 130 on Ctrl-C (click alone prints "Aborted!" and exits 1)
+    and imports a subcommand's module only when that subcommand is looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(NAMES) + [n for n in super().list_commands(ctx) if n not in NAMES]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load(cmd_name) if cmd_name in NAMES else super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -32,7 +39,6 @@ class TouGroup(click.Group):
 @click.group(
     "tou",
     cls=TouGroup,
-    commands=COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.version_option(__version__, "--version", prog_name="tou", message=f"%(prog)s %(version)s\nTCP engine: {ENGINE}")
