@@ -108,13 +108,12 @@ def resolve(ctx: click.Context, config_option: str | None = None,
     ``commands`` are the known sections (default: every tou subcommand). Also
     stores the values back into ``ctx.params``. Raises :class:`ConfigError`.
     """
-    if commands is None:
-        from toucli.commands import COMMANDS as commands   # the set of known sections
-
     path, required = config_path(config_option)
     data = load(path, required)
     if not data:
         return dict(ctx.params)
+    if commands is None:
+        from toucli.commands import COMMANDS as commands   # the set of known sections (imports them all)
     validate(data, commands, path)
     command = ctx.command
     options = _options(command)
