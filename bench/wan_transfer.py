@@ -43,7 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gen  # noqa: E402
-from bulk import Sampler, file_sha256, tou_argv, user_env  # noqa: E402
+from bulk import Sampler, file_sha256, tou_argv, user_env, written  # noqa: E402
 from harness import BENCH, PY, Procs, machine  # noqa: E402
 from wanlink import B_ADDR, WanPath  # noqa: E402
 
@@ -99,6 +99,7 @@ def run_one(path: WanPath, who: str, nbytes: int, expect: str, out: Path, cap: f
         g = ps.start("gen", [PY, str(BENCH / "gen.py"), str(nbytes)], stdout=subprocess.PIPE)
         sp = ps.start("sender", send_argv, netns=path.ns_a, env=env, stdin=g.popen.stdout)
         g.popen.stdout.close()
+        base = written(rp.pid) or 0        # what the receiver wrote before any data (bytecode caches)
         sampler = Sampler(rp.pid)
         sampler.start()
         capped = not ps.reap(rp, cap)
@@ -138,8 +139,11 @@ def run_one(path: WanPath, who: str, nbytes: int, expect: str, out: Path, cap: f
         segs = after.get("TcpOutSegs", 0) - before.get("TcpOutSegs", 0)
         again = after.get("TcpRetransSegs", 0) - before.get("TcpRetransSegs", 0)
         retx = again / segs if segs else None
+    first = next((t for t, n in sampler.samples if n > base), None)
+    last = next((t for t, n in sampler.samples if n >= base + nbytes), None)
     return {"mbps": nbytes * 8 / (t1 - t0) / 1e6, "steady": sampler.steady_mbps(nbytes), "retrans": retx,
-            "cpu_per_gb": ((sp.cpu or 0) + (rp.cpu or 0)) / (nbytes / 1e9), "seconds": t1 - t0}
+            "cpu_per_gb": ((sp.cpu or 0) + (rp.cpu or 0)) / (nbytes / 1e9), "seconds": t1 - t0,
+            "first_byte": None if first is None else first - t0, "after_last": None if last is None else t1 - last}
 
 
 def main() -> int:
@@ -181,7 +185,9 @@ def main() -> int:
                              f"{res['mbps']:6.2f} Mbit/s, steady "
                              + (f"{res['steady']:6.2f}" if res["steady"] else "     –") + ", retx "
                              f"{100 * (res['retrans'] or 0):5.2f} %, {res['cpu_per_gb']:6.2f} CPU s/GB"
-                             + (f" (stopped at the cap: {res['capped'] / 1e6:.1f} MB, intact)" if "capped" in res else ""))
+                             + (f" (stopped at the cap: {res['capped'] / 1e6:.1f} MB, intact)" if "capped" in res else
+                                f"; first byte {res['first_byte'] or 0:.2f} s, exit {res['after_last'] or 0:.2f} s "
+                                f"after the last"))
                     print(f"  jitter {jitter:g} ms round {r + 1} {CONTENDERS.get(w, w):14s} {shown}", flush=True)
     finally:
         for f in work.iterdir():
@@ -189,7 +195,8 @@ def main() -> int:
         work.rmdir()
     for jitter, per in results.items():
         print(f"\n## jitter {jitter} ms: medians over {a.rounds} paired rounds (min–max)\n")
-        print("| contender | goodput Mbit/s | steady Mbit/s | retransmitted | CPU s/GB |\n|---|---|---|---|---|")
+        print("| contender | goodput Mbit/s | steady Mbit/s | retransmitted | CPU s/GB | first byte, s |\n"
+              "|---|---|---|---|---|---|")
         med: dict[str, float] = {}
         for w, rs in per.items():
             good = [x for x in rs if "error" not in x]
@@ -205,7 +212,8 @@ def main() -> int:
             med[w] = statistics.median(x["mbps"] for x in good)
             capped = sum(1 for x in good if "capped" in x)
             print(f"| {CONTENDERS.get(w, w)} | {span('mbps')} | {span('steady')} | {span('retrans', 100)} % | "
-                  f"{span('cpu_per_gb')} |" + (f" {len(rs) - len(good)} failed" if len(good) < len(rs) else "")
+                  f"{span('cpu_per_gb')} | {span('first_byte')} |"
+                  + (f" {len(rs) - len(good)} failed" if len(good) < len(rs) else "")
                   + (f" {capped} stopped at the {a.cap:g} s cap" if capped else ""))
         if "tou" in per:
             for w in per:

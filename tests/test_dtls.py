@@ -136,6 +136,46 @@ def test_flight_is_retransmitted_with_fresh_epoch0_sequence_numbers() -> None:
     assert client.retransmissions == 2
 
 
+def _answered_hello(rtt: float, resend_first: bool = False) -> dtls.Handshake:
+    """A client whose ClientHello the server answers (HelloVerifyRequest) ``rtt`` later,
+    after the client resent it once if ``resend_first``."""
+    sctx = dtls.make_context(True, SERVER_KEY, lambda p: None)
+    cctx = dtls.make_context(False, CLIENT_KEY, lambda p: None)
+    client = dtls.Handshake.client(cctx, 0.0)
+    [hello] = client.take_output()
+    if resend_first:
+        client.handle_timer(1.0)
+        [hello] = client.take_output()
+    _conn, hvr = dtls.listen(sctx, dtls.CookieJar(os.urandom), hello, ADDR, 0.0)
+    for rec in hvr:
+        client.feed(rec, rtt)
+    return client
+
+
+def test_after_a_clean_round_trip_a_flight_is_timed_from_it() -> None:
+    """The ClientHello took 1 s of timer (nothing known yet); once it is answered in
+    0.2 s, the next flight's timer is 3 x 0.2 s (module doc, RFC 9147 §5.8.2)."""
+    client = _answered_hello(0.2)
+    assert client.rtt == pytest.approx(0.2)
+    [_hello2] = client.take_output()
+    assert client.deadline == pytest.approx(0.2 + 0.6)
+    client.handle_timer(0.8)                            # lost: resent, doubling from there
+    assert len(client.take_output()) == 1 and client.deadline == pytest.approx(0.8 + 1.2)
+
+
+@pytest.mark.parametrize(("rtt", "timer"), [(0.0005, dtls.RTO_FLOOR), (0.5, dtls.RTO_INITIAL)])
+def test_a_measured_flight_timer_stays_between_100_ms_and_1_s(rtt: float, timer: float) -> None:
+    client = _answered_hello(rtt)
+    assert client.deadline == pytest.approx(rtt + timer)
+
+
+def test_an_answer_to_a_resent_flight_is_no_round_trip_sample() -> None:
+    """Karn's rule: after a resend, which copy was answered is unknown."""
+    client = _answered_hello(1.3, resend_first=True)
+    assert client.rtt is None
+    assert client.deadline == pytest.approx(1.3 + dtls.RTO_INITIAL)
+
+
 def test_rejected_peer_is_reported() -> None:
     sctx = dtls.make_context(True, SERVER_KEY, lambda p: "client key is not in the authorized keys")
     cctx = dtls.make_context(False, CLIENT_KEY, lambda p: None)

@@ -646,6 +646,35 @@ def test_a_fast_open_syn_before_the_server_proof_goes_without_its_data() -> None
     assert took < 4.6 * rtt, took
 
 
+def test_the_first_syn_is_timed_from_the_round_trip_the_handshake_measured() -> None:
+    """A lost first SYN waited 1 s (RFC 6298's initial RTO); the DTLS handshake had just
+    measured the path, so the SYN's timer starts from that round trip instead
+    (Endpoint.rtt_hint): SRTT 0.2 s and RTTVAR 0.1 s give 0.2 + 4 x 0.1 = 0.6 s."""
+    rtt = 0.2
+
+    async def run() -> tuple[float | None, float | None]:
+        server_t, client_t = _secure("server"), _secure("client")
+        cfg = engine_config(socket.AF_INET, server_t.overhead)
+        server = Tunnel(_delayed_socket(rtt / 2), server_t, cfg)
+        server.listen()
+        client = Tunnel(_delayed_socket(rtt / 2), client_t, cfg)
+        try:
+            ch = client.connect(server.usock.local_address())
+            seen = None
+            while not ch.connected.done():
+                if ch.conn.state == State.SYN_SENT and seen is None and ch.peer.opening:
+                    seen = ch.conn.rtt.rto
+                await asyncio.sleep(0.005)
+            return seen, ch.peer.handshake_rtt
+        finally:
+            client.close()
+            server.close()
+
+    syn_rto, measured = asyncio.run(run())
+    assert measured is not None and rtt <= measured < rtt + 0.05, measured
+    assert syn_rto is not None and syn_rto == pytest.approx(measured + 4 * measured / 2)
+
+
 # ------------------------------------------------------------------ Fast Open in forward
 @pytest.mark.parametrize("args, env, expected", [
     ([], {}, True),

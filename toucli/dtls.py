@@ -10,7 +10,11 @@
   HMAC of the peer address under a secret that rotates (:class:`CookieJar`).
 * Retransmission (RFC 6347 §4.2.4) is driven by ``now``, not by OpenSSL's own
   clock: :class:`Handshake` keeps the last flight it sent and resends it when its
-  timer expires (1 s doubling, capped). Unprotected (epoch 0) records get fresh
+  timer expires (doubling, capped). The timer starts at 1 s; once a flight that was
+  not resent has been answered (Karn's rule), a new flight's timer is three times
+  that round trip, at least 100 ms and at most 1 s (RFC 9147 §5.8.2 leaves
+  shorter timers to profiles; 3x a first sample is RFC 9002 §6.2's probe timeout
+  before any variance is known). Unprotected (epoch 0) records get fresh
   record sequence numbers on every send, as OpenSSL's own retransmissions would;
   the protected Finished record is resent byte for byte. The side that sent the
   final flight resends it when the peer's Finished arrives again.
@@ -39,6 +43,7 @@ CIPHER_LIST = (b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
 HANDSHAKE_MTU = 1400          # ciphertext bytes OpenSSL may put in one datagram
 APPLICATION_EPOCH = 1
 RTO_INITIAL = 1.0             # RFC 6347 §4.2.4.1
+RTO_FLOOR = 0.1               # a timer derived from a measured round trip is at least this
 RTO_MAX = 8.0                 # capped lower than the RFC's 60 s: tou gives up after a few tries
 SEEN_LIMIT = 128              # received handshake records remembered for duplicate detection
 
@@ -222,6 +227,8 @@ class Handshake:
         self.rto = rto
         self.rto_max = rto_max
         self.deadline: float | None = None
+        self.rtt: float | None = None          # round trip of the latest flight answered without a resend
+        self._flight_sent: float | None = None  # when the current flight went; None once resent or answered
         self.flight: list[bytes] = []
         self.outbox: list[bytes] = []
         self.retransmissions = 0
@@ -252,6 +259,9 @@ class Handshake:
             return
         if len(self._seen) < SEEN_LIMIT:
             self._seen.add(record)
+        if self._flight_sent is not None:      # the first new record answering the flight
+            self.rtt = now - self._flight_sent
+            self._flight_sent = None
         hdr = parse_record_header(record)
         if hdr is not None and hdr[0] == CT_ALERT and hdr[2] == 0 and len(record) >= 15:
             if record[13] == 2:
@@ -301,13 +311,21 @@ class Handshake:
         if self.complete or self.failure is not None:
             self.deadline = None
         elif records:
-            self.rto = self.rto_initial
+            self.rto = self.flight_rto()
             self.deadline = now + self.rto
+            self._flight_sent = now
+
+    def flight_rto(self) -> float:
+        """The timer for a new flight: 1 s, or 3x the measured round trip (module doc)."""
+        if self.rtt is None:
+            return self.rto_initial
+        return min(self.rto_initial, max(RTO_FLOOR, 3.0 * self.rtt))
 
     def handle_timer(self, now: float) -> None:
         """Resend the last flight if its timer expired (RFC 6347 §4.2.4.1 back-off)."""
         if self.deadline is None or now < self.deadline:
             return
+        self._flight_sent = None                # Karn: an answer now is no round-trip sample
         self._send(self.flight)
         self.retransmissions += 1
         self.rto = min(self.rto * 2, self.rto_max)

@@ -300,6 +300,7 @@ class Session:
         # Segments without payload (an inner SYN) may go now, behind the proof, so the
         # SYN's round trip overlaps the proofs' (docs/PROTOCOL.md §8.1); data may not.
         self.opening = False
+        self.handshake_rtt: float | None = None   # the first association's round trip (dtls.Handshake.rtt)
         self.created = now
         self._current: _Association | None = None     # used for sending
         self._previous: _Association | None = None    # still opens records until _previous_until
@@ -647,6 +648,9 @@ class SecureEndpoint:
         session = assoc.session
         if session is not None and session.state == "handshake" and session._pending is assoc:
             session.opening = True
+            session.handshake_rtt = assoc.hs.rtt
+        if assoc.proof_deadline is None:       # the first proof: timed like a flight (dtls module doc)
+            assoc.proof_rto = assoc.hs.flight_rto()
         assoc.proof_deadline = now + assoc.proof_rto
         assoc.proof_rto = min(assoc.proof_rto * 2, self.config.handshake_rto_max)
 
@@ -729,6 +733,8 @@ class SecureEndpoint:
             session._current = assoc
             session.handshakes += 1
             session.opening = False
+            if session.handshake_rtt is None:
+                session.handshake_rtt = assoc.hs.rtt
             session.state = "established"
             session.peer_identity = self._identity(assoc)
             self._events.append(SessionEstablished(session, session.peer_identity))

@@ -175,6 +175,7 @@ class Transport(Protocol):
 
     def open(self, addr: Address, now: float) -> Hashable: ...
     def ready(self, peer: Hashable) -> bool: ...
+    def path_rtt(self, peer: Hashable) -> float | None: ...
     def address(self, peer: Hashable) -> Address: ...
     def decode(self, data: memoryview, addr: Address, now: float, out: list) -> None: ...
     def encode(self, peer: Hashable, seg: Segment) -> tuple[bytes, Address] | None: ...
@@ -205,6 +206,9 @@ class PlainTransport:
 
     def ready(self, peer: Hashable) -> bool:
         return True
+
+    def path_rtt(self, peer: Hashable) -> float | None:
+        return None
 
     def address(self, peer: Hashable) -> Address:
         return peer
@@ -281,6 +285,10 @@ class SecureTransport:
         """A held SYN may leave: the session is up, or the client's proof is on its way
         (only payload-free segments are sealed before the server's proof arrives)."""
         return peer.state != "handshake" or peer.opening
+
+    def path_rtt(self, peer: Any) -> float | None:
+        """The round trip the session's DTLS handshake measured (seeds TCP's first RTO)."""
+        return peer.handshake_rtt
 
     def address(self, peer: Any) -> Address:
         return peer.peer_addr
@@ -572,6 +580,7 @@ class Tunnel:
             config = replace(config, mss=cap, send_mss=None)
         self.config = config
         self.ep = Endpoint(config, secret or os.urandom(32))
+        self.ep.rtt_hint = transport.path_rtt
         self.on_accept = on_accept
         self.on_event = on_event          # transport (session) events
         self.channels: dict[Connection, Channel] = {}

@@ -25,7 +25,10 @@ RTT sharing (RFC 9040 §5 temporal, §6 ensemble): ``path_rtt`` keeps, per peer,
 RTT estimator of the connection to it that was serviced last, with a sample (at most
 ``PATH_CACHE_SIZE`` peers; a reference, so the hot path allocates nothing). A new connection to that peer, active or passive, times
 its SYN or SYN-ACK from them instead of the 1 s of RFC 6298 §2.1: a lost SYN on a
-warm tunnel costs a few round trips, not a second.
+warm tunnel costs a few round trips, not a second. With no connection to go by,
+``rtt_hint(peer)`` (given by the runtime: the round trip the secure session's
+handshake measured) seeds the first one the same way, SRTT = the hint and RTTVAR =
+half of it, as a first sample would (RFC 6298 §2.2).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import hashlib
 import heapq
 import hmac
 from collections import deque
-from typing import Hashable
+from typing import Callable, Hashable
 
 from .config import ConnectionConfig
 from .connection import Connection, State
@@ -79,6 +82,7 @@ class Endpoint:
         self.tfo_accepted = 0       # SYNs whose data was accepted
         self.tfo_refused = 0        # SYNs with data that was not (bad cookie, or too many pending)
         self.path_rtt: dict[Hashable, RttEstimator] = {}   # peer -> its path's latest estimator, RFC 9040
+        self.rtt_hint: Callable[[Hashable], float | None] | None = None   # peer -> a round trip measured below TCP
 
     # ------------------------------------------------------------ identities
     def _hash(self, label: bytes, peer: Hashable, lport: int, rport: int) -> int:
@@ -155,6 +159,7 @@ class Endpoint:
         """The path to ``peer`` is open: the SYNs held for it leave now (``connect(hold=True)``)."""
         for conn in list(self.connections.values()):
             if conn.peer == peer:
+                self._share_rtt(conn)          # the path may have been measured while it waited
                 conn.release(now)
 
     def receive(self, peer: Hashable, seg: Segment, now: float) -> None:
@@ -275,6 +280,10 @@ class Endpoint:
         known = self.path_rtt.get(conn.peer)
         if known is not None and known.srtt is not None:
             conn.rtt.seed(known.srtt, known.rttvar)
+        elif self.rtt_hint is not None:
+            hint = self.rtt_hint(conn.peer)
+            if hint is not None and hint >= 0.0:
+                conn.rtt.seed(hint, hint / 2.0)
 
     def _schedule(self, conn: Connection) -> None:
         key = (conn.peer, conn.local_port, conn.remote_port)
