@@ -49,7 +49,8 @@ from wanlink import B_ADDR, WanPath  # noqa: E402
 
 RATE = 100e6
 PORT = 9000
-CONTENDERS = {"tou": "tou (BBR)", "bbr": "kernel BBR", "cubic": "kernel CUBIC", "tou-cubic": "tou --cc cubic"}
+CONTENDERS = {"tou": "tou (BBR)", "bbr": "kernel BBR", "cubic": "kernel CUBIC", "tou-cubic": "tou --cc cubic",
+              "tou-nopoll": "tou --busy-poll 0"}
 
 
 def _snmp(ns: str) -> dict[str, int]:
@@ -82,7 +83,7 @@ def run_one(path: WanPath, who: str, nbytes: int, expect: str, out: Path, cap: f
     env = user_env()
     stats = out.with_suffix(".json")
     tou = who.startswith("tou")
-    extra = ["--cc", "cubic"] if who == "tou-cubic" else []
+    extra = {"tou-cubic": ["--cc", "cubic"], "tou-nopoll": ["--busy-poll", "0"]}.get(who, [])
     if tou:
         recv_argv = [*tou_argv(), "listen", "-d", "--quiet", *extra, B_ADDR, str(PORT)]
         send_argv = [*tou_argv(), "connect", "--quiet", "--stats-json", str(stats), "--stats-interval", "0.5",
