@@ -1308,8 +1308,9 @@ class Pump:
             data = os.read(self.source.fd, READ_CHUNK)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            data = b""
+        except OSError as exc:
+            self._source_failed(exc)
+            return
         if not data:
             self._source_eof()
             return
@@ -1338,14 +1339,25 @@ class Pump:
             self.on_source_eof()
         self._check_done()
 
+    def _source_failed(self, exc: OSError) -> None:
+        """A read error is not an end of input: the peer must not take what it got for
+        all of it, so the connection is reset (RST), not closed (FIN)."""
+        err = TunnelError(f"reading the input failed: {exc.strerror or exc}; "
+                          f"the connection to {self.ch.describe()} was reset")
+        self._up_open = False
+        self._stop(err)
+        self.ch.abort(str(err))
+        self.tunnel.flush()
+
     async def _up_unpolled(self) -> None:
         assert self.source is not None
         try:
             while True:
                 try:
                     data = await self.source.read(READ_CHUNK)
-                except OSError:
-                    data = b""
+                except OSError as exc:
+                    self._source_failed(exc)
+                    return
                 if not data:
                     break
                 await self.ch.write(data)
