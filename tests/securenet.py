@@ -62,6 +62,16 @@ class Net:
         self.sent: list[tuple[str, bytes, Any]] = []
         self.block_server_to_client = False
         self.block_client_to_server = False
+        # ``mangle(direction, n, data)``: what the n-th datagram of that direction becomes
+        # on the wire (None: lost); sees handshake flights and control messages.
+        self.mangle: Callable[[str, int, bytes], bytes | None] | None = None
+        self._n = {"c2s": 0, "s2c": 0}
+
+    def _wire(self, way: str, data: bytes) -> bytes | None:
+        if self.mangle is None:
+            return data
+        self._n[way] += 1
+        return self.mangle(way, self._n[way], data)
 
     def _lost(self) -> bool:
         return self.loss > 0 and self.rand.random() < self.loss
@@ -73,12 +83,14 @@ class Net:
             for data, addr in self.client.datagrams_to_send(self.now):
                 moved = True
                 self.sent.append(("c2s", data, addr))
-                if addr == SERVER_ADDR and not self._lost() and not self.block_client_to_server:
+                data = self._wire("c2s", data)
+                if data is not None and addr == SERVER_ADDR and not self._lost() and not self.block_client_to_server:
                     self.to_server += self.server.datagram_received(data, self.client_addr, self.now)
             for data, addr in self.server.datagrams_to_send(self.now):
                 moved = True
                 self.sent.append(("s2c", data, addr))
-                if addr == self.client_addr and not self._lost() and not self.block_server_to_client:
+                data = self._wire("s2c", data)
+                if data is not None and addr == self.client_addr and not self._lost() and not self.block_server_to_client:
                     self.to_client += self.client.datagram_received(data, SERVER_ADDR, self.now)
         self._drain_events()
 

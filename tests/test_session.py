@@ -634,3 +634,51 @@ def test_kept_deadline_is_never_later_than_a_fresh_one(steps: list[str], seed: i
         net.deliver()
         _kept_deadline_is_never_late(net.client)
         _kept_deadline_is_never_late(net.server)
+
+
+# --- damaged handshake datagrams (issue 19, lossy links) ---------------------------------
+
+def _handshake_datagrams(make) -> dict[str, int]:
+    """How many datagrams each direction sends until both ends are established, undamaged."""
+    client, server = make()
+    net = Net(client, server)
+    client.connect(SERVER_ADDR, 0.0)
+    net.advance(5.0)
+    net.established()
+    return {way: sum(1 for w, _, _ in net.sent if w == way) for way in ("c2s", "s2c")}
+
+
+# Where the bit flips, in a datagram of L bytes: the first record's number (a high and
+# the lowest byte; GUE header 12 bytes, then type 1, version 2, epoch 2, number 6),
+# the middle of the record, its last byte.
+FLIPS = {"number high": lambda n: 19, "number low": lambda n: 22, "middle": lambda n: n // 2 + 1,
+         "last": lambda n: n - 1}
+
+
+@pytest.mark.parametrize("where", FLIPS)
+@pytest.mark.parametrize("make", [key_pair_endpoints, secret_endpoints], ids=["keys", "secret"])
+def test_a_bit_flipped_in_any_handshake_datagram_costs_a_retry_not_the_session(make, where) -> None:
+    """A damaged handshake record breaks the DTLS transcript (the Finished check or a
+    decode error), which OpenSSL reports like an attack: the client starts a fresh
+    handshake and the server, seeing its new ClientHello, forgets the broken one. A
+    damaged certificate is not judged as a key, and a damaged record number does not
+    move the replay window (dtls.Handshake.feed)."""
+    counts = _handshake_datagrams(make)
+    assert counts["c2s"] >= 3 and counts["s2c"] >= 3, counts
+    for way, total in counts.items():
+        for n in range(1, total + 1):
+            def flip(w: str, i: int, data: bytes, way=way, n=n) -> bytes:
+                if w != way or i != n:
+                    return data
+                bad = bytearray(data)
+                bad[FLIPS[where](len(bad))] ^= 0x10
+                return bytes(bad)
+            client, server = make()
+            net = Net(client, server)
+            net.mangle = flip
+            client.connect(SERVER_ADDR, 0.0)
+            net.advance(10.0)
+            cs, ss = net.established()
+            assert net.send_c2s(cs, segment(3)) is not None, (way, n)
+            assert net.to_server == [(ss, segment(3))], (way, n)
+            assert not [e for e in net.client_events if isinstance(e, SessionClosed)], (way, n)

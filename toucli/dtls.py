@@ -45,6 +45,7 @@ APPLICATION_EPOCH = 1
 RTO_INITIAL = 1.0             # RFC 6347 §4.2.4.1
 RTO_FLOOR = 0.1               # a timer derived from a measured round trip is at least this
 RTO_MAX = 8.0                 # capped lower than the RFC's 60 s: tou gives up after a few tries
+SEQ0_AHEAD = 64               # epoch-0 record numbers further ahead than this are damage (feed)
 SEEN_LIMIT = 128              # received handshake records remembered for duplicate detection
 
 # TLS alert descriptions (RFC 5246 §7.2) that tou interprets.
@@ -85,11 +86,23 @@ def make_context(server: bool, key: PrivateKey, policy: PeerPolicy) -> SSL.Conte
     def verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         if depth != 0:          # a tou peer sends exactly one self-signed certificate
             return False
+        owner = conn.get_app_data()
         try:
-            peer: PublicKey | None = PublicKey.from_cryptography(cert.to_cryptography().public_key())
+            c = cert.to_cryptography()
+            c.verify_directly_issued_by(c)
+        except Exception:
+            # Not signed by its own key: damaged on the path (handshake records are not
+            # protected until Finished) or forged. Judging its key would turn a flipped
+            # bit into "key not authorized"; the transcript check (CertificateVerify,
+            # Finished) fails the handshake instead, and it is never accepted.
+            if isinstance(owner, Handshake):
+                owner.damaged_certificate = True
+                return True
+            return False
+        try:
+            peer: PublicKey | None = PublicKey.from_cryptography(c.public_key())
         except Exception:
             peer = None
-        owner = conn.get_app_data()
         reason = (getattr(owner, "policy", None) or policy)(peer)
         if isinstance(owner, Handshake):
             owner.peer_key = peer
@@ -167,6 +180,23 @@ def _drain(conn: SSL.Connection) -> bytes:
         out += chunk
 
 
+_CLIENT_HELLO_RANDOM = slice(13 + 12 + 2, 13 + 12 + 2 + 32)   # record header, handshake header, version
+
+
+def client_hello_random(record: bytes | memoryview) -> bytes | None:
+    """The 32-byte random of a DTLS ClientHello record (the first fragment of one), else None.
+
+    RFC 6347 §4.1 (record header, 13 bytes) and §4.2.2 (handshake header, 12
+    bytes: msg_type 1 is client_hello), RFC 5246 §7.4.1.2 (client_version, then
+    random). A client's new attempt has a new random; its retransmissions keep it.
+    """
+    if len(record) < _CLIENT_HELLO_RANDOM.stop or record[0] != 22 or record[13] != 1:
+        return None
+    if record[19:22] != b"\0\0\0":                     # fragment_offset
+        return None
+    return bytes(record[_CLIENT_HELLO_RANDOM])
+
+
 def listen(ctx: SSL.Context, jar: CookieJar, record: bytes, addr: Any, now: float
            ) -> tuple[SSL.Connection | None, list[bytes]]:
     """Offer one ClientHello record to a fresh server connection.
@@ -175,6 +205,8 @@ def listen(ctx: SSL.Context, jar: CookieJar, record: bytes, addr: Any, now: floa
     garbage) go back to ``addr``, and no state is kept; or ``(conn, [])`` when the
     cookie verified: ``conn`` is ready for :class:`Handshake`.
     """
+    if len(record) < 13 or int.from_bytes(record[5:11], "big") > SEQ0_AHEAD:
+        return None, []         # a client numbers from 0: damaged (see Handshake.feed)
     conn = SSL.Connection(ctx, None)
     conn.set_accept_state()
     conn.set_ciphertext_mtu(HANDSHAKE_MTU)
@@ -218,6 +250,7 @@ class Handshake:
         self.server = server
         self.policy = policy
         self.rejection: str | None = None    # set by a policy that refused the peer
+        self.damaged_certificate = False     # the peer's certificate failed its own signature
         self.peer_key: PublicKey | None = None
         self.listen_info = conn.get_app_data()
         conn.set_app_data(self)
@@ -236,6 +269,9 @@ class Handshake:
         self._final_flight = False
         self._peer_alert: int | None = None
         self._seq0: int | None = None
+        self._peer_seq0 = 0                  # highest epoch-0 record number taken from the peer
+        self._cookie: bytes | None = None    # client: the first HelloVerifyRequest's body
+        self.damaged = 0                     # records dropped as damaged (epoch-0 number far ahead)
         self.started = now
 
     @classmethod
@@ -252,6 +288,26 @@ class Handshake:
         """Hand one received record to OpenSSL (duplicates handled here, see module doc)."""
         if self.failure is not None:
             return
+        if record[3:5] == b"\0\0" and len(record) >= 11:
+            # An epoch-0 record number is not protected: one flipped high bit would
+            # move OpenSSL's replay window (RFC 6347 §4.1.2.6) past every genuine
+            # record to come and stall the handshake. A peer numbers its records
+            # from 0, one by one, so a number far ahead of the last one seen is damage.
+            seq = int.from_bytes(record[5:11], "big")
+            if seq > self._peer_seq0 + SEQ0_AHEAD:
+                self.damaged += 1
+                return
+            self._peer_seq0 = max(self._peer_seq0, seq)
+        if not self.server and record[0] == 22 and len(record) > 25 and record[13] == 3:
+            # HelloVerifyRequest (RFC 6347 §4.2.1). OpenSSL answers only the first; if a
+            # later one carries another cookie, the one we echo was damaged on the way
+            # (or the server's cookie secret turned): this attempt cannot complete.
+            if self._cookie is None:
+                self._cookie = bytes(record[25:])
+            elif bytes(record[25:]) != self._cookie:
+                self.failure = HandshakeFailure("protocol", None, "the server keeps asking for a new cookie")
+                self.deadline = None
+                return
         if record in self._seen:
             if self._final_flight and self.flight:
                 self._send(self.flight)
@@ -287,8 +343,12 @@ class Handshake:
         except SSL.Error as exc:
             self._fail(exc)
         else:
-            self.complete = True
-            self.peer_key = self.peer_key or _peer_key(self.conn)
+            if self.damaged_certificate:     # cannot happen without a forger: never accept it
+                self.failure = HandshakeFailure("protocol", None, "peer certificate not self-signed")
+                self.deadline = None
+            else:
+                self.complete = True
+                self.peer_key = self.peer_key or _peer_key(self.conn)
         self._collect(now)
 
     def _fail(self, exc: SSL.Error) -> None:

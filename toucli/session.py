@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 from .dtls import (ALERT_ACCESS_DENIED, ALERT_CLOSE_NOTIFY, APPLICATION_EPOCH, REJECTION_ALERTS,
-                   CookieJar, Handshake, listen, make_context, record_keys)
+                   CookieJar, Handshake, client_hello_random, listen, make_context, record_keys)
 from .keys import AuthorizedKeys, PrivateKey, PublicKey, SharedSecret
 from .record import (CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, RECORD_HEADER_LEN, RecordDrop,
                      RecordProtection)
@@ -84,6 +84,7 @@ MSG_PONG = 0x04
 MSG_PATH_CHALLENGE = 0x05            # data(8)
 MSG_PATH_RESPONSE = 0x06             # data(8)
 PROOF_MAC_LEN = 14
+HANDSHAKE_ATTEMPTS = 3               # client: fresh handshakes after a damaged one, then give up
 EXPORTER_BINDING = b"EXPORTER-tou-channel-binding"
 EXPORTER_REKEY = b"EXPORTER-tou-rekey"
 PROOF_LABEL = b"tou proof v1"
@@ -101,6 +102,8 @@ REASON_PEER_DEAD = "peer not responding"
 REASON_IDLE = "idle timeout"
 REASON_CLOSED_LOCALLY = "closed"
 REASON_CLOSED_BY_PEER = "closed by peer"
+REASON_CANCELED_BY_PEER = "the peer exited with connections unfinished"
+ALERT_USER_CANCELED = 90             # RFC 5246 §7.2.2; tou sends it fatal, on an unclean exit
 REASON_KEY_LIMIT = "key usage limit reached without rekey"
 
 _PROOF = struct.Struct("!BI14s")
@@ -109,7 +112,8 @@ _U32 = struct.Struct("!I")
 
 COUNTER_NAMES = (
     "datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "segments_in", "segments_out",
-    "handshakes_started", "handshakes_completed", "handshakes_failed", "hello_verify_sent",
+    "handshakes_started", "handshakes_completed", "handshakes_failed", "handshakes_restarted",
+    "hello_verify_sent",
     "handshake_retransmissions", "rekeys", "auth_failures", "address_changes",
     "drop_malformed", "drop_unknown_session", "drop_replay", "drop_auth", "drop_not_established",
     "drop_amplification", "drop_nonce_guard",
@@ -256,6 +260,9 @@ class _Association:
         self.tombstone_until = 0.0
         self.counted_rtx = 0
         self.alert_datagram: bytes | None = None
+        self.hello_random: bytes | None = None   # server: the ClientHello that made it
+        self.attempt = 1                  # client: this session's handshake attempt (HANDSHAKE_ATTEMPTS)
+        self.server_sid = 0               # client: the ID the server's handshake datagrams carry
 
     def set_id(self, assoc_id: int) -> None:
         self.id = assoc_id
@@ -308,6 +315,7 @@ class Session:
         self._pending: _Association | None = None     # handshake/proof in progress (initial or rekey)
         self._rekey_wanted = False
         self._rekey_retry_at: float | None = None
+        self._abandoned: set[int] = set()   # client: server IDs of handshake attempts given up
         self.last_rx = now
         self._last_ping = now
         self._addr_verified = True
@@ -417,13 +425,18 @@ class SecureEndpoint:
         self._touch(session._pending)
         return session
 
-    def close(self, session: Session, now: float, reason: str = REASON_CLOSED_LOCALLY) -> None:
-        """Send close_notify (sealed) and forget the session; emits SessionClosed."""
+    def close(self, session: Session, now: float, reason: str = REASON_CLOSED_LOCALLY, copies: int = 1,
+              alert: int = ALERT_CLOSE_NOTIFY) -> None:
+        """Send ``alert`` (sealed; close_notify as a warning, anything else as fatal) in
+        ``copies`` records, so that one lost datagram does not leave the peer waiting,
+        and forget the session; emits SessionClosed."""
         if session.state == "closed":
             return
         assoc = session._current
         if assoc is not None and assoc.keys is not None:
-            self._send_record(assoc, _ALERT.pack(1, ALERT_CLOSE_NOTIFY), CT_ALERT, force=True)
+            level = 1 if alert == ALERT_CLOSE_NOTIFY else 2
+            for _ in range(copies):
+                self._send_record(assoc, _ALERT.pack(level, alert), CT_ALERT, force=True)
         self._end_session(session, reason)
         self._deadline_stale = True
 
@@ -523,8 +536,15 @@ class SecureEndpoint:
                     return self._listen(record, addr, now)
                 counters["drop_unknown_session"] += 1
                 return None
+        if sid and not assoc.id and assoc.session is not None and sid in assoc.session._abandoned:
+            counters["drop_unknown_session"] += 1     # a late flight of an attempt given up
+            return None
         if sid and self.role == SERVER and self._by_addr.get(assoc.addr) is assoc:
             del self._by_addr[assoc.addr]          # the client knows the ID now
+        if not sid and self.role == SERVER and ctype == CT_HANDSHAKE and epoch == 0 and addr == assoc.addr:
+            fresh = client_hello_random(record)
+            if fresh is not None and (assoc.state == FAILED or fresh != assoc.hello_random):
+                return self._restarted(assoc, record, addr, now)
         if assoc.state == FAILED:
             if assoc.alert_datagram is not None and addr == assoc.addr:
                 self._outbox.append((assoc.alert_datagram, addr))
@@ -549,12 +569,27 @@ class SecureEndpoint:
         hs = Handshake(conn, True, now, rto=self.config.handshake_rto,
                        rto_max=self.config.handshake_rto_max)
         assoc = _Association(hs, addr, now, self._new_id())
+        assoc.hello_random = client_hello_random(record)
         self._by_id[assoc.id] = assoc
         self._by_addr[addr] = assoc
         self.counters["handshakes_started"] += 1
         hs.step(now)
         self._after_handshake_io(assoc, now)
         return assoc
+
+    def _restarted(self, old: _Association, record: bytes | memoryview, addr: Addr,
+                   now: float) -> _Association | None:
+        """Server: a new ClientHello from an address whose handshake failed or is still
+        going (the client gave that attempt up). The cookie exchange runs as for any
+        new client; only a verified cookie replaces the old association."""
+        new = self._listen(bytes(record), addr, now)
+        if new is not None:
+            self.counters["handshakes_restarted"] += 1
+            if old.state != FAILED:
+                old.state = FAILED
+                self.counters["handshakes_failed"] += 1
+            self._drop_association(old)
+        return new
 
     def _new_id(self) -> int:
         while True:
@@ -565,6 +600,8 @@ class SecureEndpoint:
     def _feed_handshake(self, assoc: _Association, record: bytes, sid: int, now: float) -> None:
         hs = assoc.hs
         was_complete = hs.complete
+        if sid and not assoc.server_sid:
+            assoc.server_sid = sid
         hs.feed(record, now)
         if self.role == CLIENT and not was_complete and hs.complete and sid:
             # the datagram that completed the handshake is the server's: adopt its ID
@@ -619,6 +656,16 @@ class SecureEndpoint:
         if session is not None:
             if session._pending is assoc:
                 session._pending = None
+            if (reason is None and self.role == CLIENT and session.state == "handshake"
+                    and assoc.attempt < HANDSHAKE_ATTEMPTS):
+                # Not a rejection: a datagram damaged on the path breaks the transcript
+                # (RFC 6347 §4.1.2.7: records are not authenticated until the handshake
+                # is done). Start over, as a client whose first attempt timed out would.
+                self.counters["handshakes_restarted"] += 1
+                if assoc.server_sid:
+                    session._abandoned.add(assoc.server_sid)
+                self._start_client_handshake(session, now, prev=None, attempt=assoc.attempt + 1)
+                return
             if session.state != "established" or reason is not None:
                 self._end_session(session, reason or f"handshake failed: {failure.detail}")
 
@@ -858,6 +905,7 @@ class SecureEndpoint:
         if desc == ALERT_CLOSE_NOTIFY or level == 2:
             if assoc is session._current or session._current is None:
                 self._end_session(session, REASON_CLOSED_BY_PEER if desc == ALERT_CLOSE_NOTIFY
+                                  else REASON_CANCELED_BY_PEER if desc == ALERT_USER_CANCELED
                                   else f"peer sent fatal alert {desc}")
 
     def _peer_moved(self, session: Session, addr: Addr, now: float) -> None:
@@ -897,11 +945,13 @@ class SecureEndpoint:
 
     # --- client handshakes and rekeying ---------------------------------------------
 
-    def _start_client_handshake(self, session: Session, now: float, prev: _Association | None) -> None:
+    def _start_client_handshake(self, session: Session, now: float, prev: _Association | None,
+                                attempt: int = 1) -> None:
         hs = Handshake.client(self._ctx, now, rto=self.config.handshake_rto,
                               rto_max=self.config.handshake_rto_max)
         assoc = _Association(hs, session.peer_addr, now)
         assoc.session = session
+        assoc.attempt = attempt
         assoc.prev_id = prev.id if prev is not None else 0
         session._pending = assoc
         self._by_addr[session.peer_addr] = assoc
@@ -992,7 +1042,8 @@ class SecureEndpoint:
             add(max(last_rx, session._last_ping) + cfg.ping_interval)
             add(last_rx + cfg.dead_after)
             if cur is not None and session._pending is None:
-                add(cur.ready_at + cfg.rekey_after_seconds)
+                # handle_timer starts no rekey before the retry time of a failed one
+                add(max(cur.ready_at + cfg.rekey_after_seconds, session._rekey_retry_at or 0.0))
         else:
             add(session.last_rx + cfg.idle_timeout)
             if cur is not None and cur.keys is not None and \

@@ -69,6 +69,7 @@ TCP_HEADER = 20
 DEFAULT_KEEPALIVE = 30.0     # seconds until a silent peer is declared dead
 DEFAULT_CC = "bbr"           # the runtime's congestion control (README "Congestion control")
 CLOSE_TIMEOUT = 2.0          # graceful close on a signal: how long FINs may take
+CLOSE_NOTIFY_COPIES = 3      # close_notify records sent on exit (each a datagram that may be lost)
 PMTU_TICK = 0.2              # seconds between path-MTU timer checks (probe timeouts, black holes)
 PMTU_BLACK_HOLE_RTOS = 2     # retransmission timeouts in a row, nothing acknowledged: a black hole (§4.3)
 PMTU_PROBE_TIMEOUT = 2.0     # a probe unanswered for the RTO, at most this long, is lost (RFC 8899 PROBE_TIMER)
@@ -96,6 +97,10 @@ class TunnelError(Exception):
 class AuthenticationError(TunnelError):
     def __init__(self, message: str) -> None:
         super().__init__(message, EXIT_AUTH)
+
+
+class SessionEndedByPeer(TunnelError):
+    """The peer closed its secure session (close_notify) while connections were open."""
 
 
 # ----------------------------------------------------------------- settings
@@ -181,6 +186,7 @@ class Transport(Protocol):
     def encode(self, peer: Hashable, seg: Segment) -> tuple[bytes, Address] | None: ...
     def failure(self, event: Any) -> tuple[Hashable, TunnelError] | None: ...
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]: ...
+    def close_sessions(self, now: float, unclean: set[Hashable]) -> None: ...
     def next_deadline(self) -> float | None: ...
     def handle_timer(self, now: float) -> None: ...
     def next_event(self) -> Any: ...
@@ -233,6 +239,9 @@ class PlainTransport:
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
         return []
+
+    def close_sessions(self, now: float, unclean: set[Hashable]) -> None:
+        pass
 
     def next_deadline(self) -> float | None:
         return None
@@ -321,6 +330,18 @@ class SecureTransport:
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
         return self.ep.datagrams_to_send(now)
 
+    def close_sessions(self, now: float, unclean: set[Hashable]) -> None:
+        """Tell every peer we are gone, in :data:`CLOSE_NOTIFY_COPIES` records, so that
+        it learns it even if our last ACK was lost (PROTOCOL.md §8.4): close_notify
+        when all our connections with it ended with both FINs (it ends those that only
+        waited for that ACK as complete), user_canceled when we reset one or left one
+        open (it resets them all at once instead of after a keepalive timeout)."""
+        from toucli.session import ALERT_CLOSE_NOTIFY, ALERT_USER_CANCELED
+
+        for session in self.ep.sessions():
+            alert = ALERT_USER_CANCELED if session in unclean else ALERT_CLOSE_NOTIFY
+            self.ep.close(session, now, copies=CLOSE_NOTIFY_COPIES, alert=alert)
+
     def next_deadline(self) -> float | None:
         return self.ep.next_deadline()
 
@@ -332,7 +353,7 @@ class SecureTransport:
 
     def failure(self, event: Any) -> tuple[Hashable, TunnelError] | None:
         """Events that end the session's connections: authentication failure (exit 3), closure (1)."""
-        from toucli.session import AuthenticationFailed, SessionClosed
+        from toucli.session import REASON_CLOSED_BY_PEER, AuthenticationFailed, SessionClosed
 
         session = getattr(event, "session", None)
         if session is None:
@@ -340,6 +361,9 @@ class SecureTransport:
         if isinstance(event, AuthenticationFailed):
             return session, AuthenticationError(event.reason)
         if isinstance(event, SessionClosed):
+            if event.reason == REASON_CLOSED_BY_PEER:
+                return session, SessionEndedByPeer(f"secure session with {format_address(session.peer_addr)} "
+                                           f"ended: {event.reason}")
             if event.reason.startswith("authentication failed"):
                 return session, AuthenticationError(event.reason)
             return session, TunnelError(f"secure session with {format_address(session.peer_addr)} "
@@ -482,6 +506,7 @@ class Channel:
     def abort(self, reason: str = "connection aborted") -> None:
         """Send RST and fail pending reads/writes."""
         if not self.done.done():
+            self.tunnel._reset_peers.add(self.conn.peer)
             self.conn.abort()
             self._fail(TunnelError(reason))
             self.tunnel.kick()
@@ -585,6 +610,7 @@ class Tunnel:
         self.on_event = on_event          # transport (session) events
         self.channels: dict[Connection, Channel] = {}
         self._closing: set[Channel] = set()
+        self._reset_peers: set[Hashable] = set()   # peers we reset a connection to (close_sessions)
         self._held: set[Hashable] = set()          # peers whose transport is not ready: SYNs wait
         self._scheduled = False
         self._servicing = False
@@ -676,6 +702,10 @@ class Tunnel:
     def close(self) -> None:
         if self._closed:
             return
+        self.flush()
+        unclean = self._reset_peers | {ch.conn.peer for ch in self.channels.values()
+                                       if not ch.finished or ch.error is not None}
+        self.transport.close_sessions(self.loop.time(), unclean)
         self.flush()
         self._closed = True
         if self._timer is not None:
@@ -874,8 +904,14 @@ class Tunnel:
                 session, error = failed
                 for ch in list(self.channels.values()):
                     if ch.conn.peer is session and not ch.done.done():
+                        # The peer closed its session after both FINs crossed: it had all
+                        # our data and is gone; only the ACK of our FIN went missing.
+                        clean = isinstance(error, SessionEndedByPeer) and ch.conn.state in (State.LAST_ACK, State.CLOSING)
                         ch.conn.abort()
-                        ch._fail(error)
+                        if clean:
+                            ch._finish()
+                        else:
+                            ch._fail(error)
             if self.on_event is not None:
                 self.on_event(tev)
         return any_event
