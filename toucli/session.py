@@ -278,7 +278,8 @@ def _gue_prefix(assoc_id: int) -> bytes:
     })
 
 
-_HEAD = _gue_prefix(0)[:8]       # 02 3b 04 02 01 06 00 00: all but the session ID
+_PREFIX_NO_ID = _gue_prefix(0)   # handshake datagrams before an association has an ID (§5.1)
+_HEAD = _PREFIX_NO_ID[:8]        # 02 3b 04 02 01 06 00 00: all but the session ID
 assert len(_gue_prefix(0)) == GUE_HEADER_LEN
 
 
@@ -542,8 +543,10 @@ class SecureEndpoint:
         the cookie verifies."""
         conn, reply = listen(self._ctx, self._cookies, bytes(record), addr, now)
         if conn is None:
+            if not reply:                  # not a ClientHello (dtls.hello_cookie)
+                self.counters["drop_malformed"] += 1
             for rec in reply:
-                self._outbox.append((_gue_prefix(0) + rec, addr))
+                self._outbox.append((_PREFIX_NO_ID + rec, addr))
                 self.counters["hello_verify_sent"] += 1
             return None
         hs = Handshake(conn, True, now, rto=self.config.handshake_rto,
