@@ -198,6 +198,18 @@ def test_listen_treats_a_damaged_client_hello_as_openssl_does(base: bytes, edits
     assert _tou_listen(SCTX, JAR, record, 0.5) == _openssl_listen(SCTX, JAR, record, 0.5)
 
 
+def test_a_finished_handshake_forgets_no_record_and_remembers_no_new_one() -> None:
+    """After completion only the handshake's own records need spotting (a repeated last
+    flight is answered); other records no longer pile up in memory (at most 128 of up
+    to 64 KiB each before)."""
+    client, server = handshake()
+    seen = len(server._seen)
+    for i in range(200):
+        server.feed(b"\x16\xfe\xfd\x00\x01" + i.to_bytes(6, "big") + b"\x04\x00" + os.urandom(1024), 1.0)
+    assert len(server._seen) == seen
+    assert server.take_output() == []
+
+
 def test_flight_is_retransmitted_with_fresh_epoch0_sequence_numbers() -> None:
     cctx = dtls.make_context(False, CLIENT_KEY, lambda p: None)
     client = dtls.Handshake.client(cctx, 10.0, rto=1.0, rto_max=2.0)

@@ -120,6 +120,27 @@ def test_a_handshake_record_that_is_no_client_hello_is_malformed() -> None:
     assert server.counters["drop_malformed"] == 1 and server.counters["hello_verify_sent"] == 0
 
 
+def test_handshake_records_after_the_handshake_are_counted_unless_they_repeat_it() -> None:
+    """A handshake-type record for a finished association that changes nothing (a
+    forgery, silently discarded, RFC 6347 §4.1.2.7) is counted; the client's Finished
+    again still gets the server's last flight again (§4.2.4) and is not."""
+    net, cs, ss = connect(*key_pair_endpoints())
+    [finished] = [d for way, d, _ in net.sent if way == "c2s" and d[12] == 22 and d[15:17] == b"\0\x01"]
+    sid = ss.id.to_bytes(4, "big")
+    forged = [gue_prefix(0)[:8] + sid + bytes.fromhex(h) + bytes(32)
+              for h in ("16fefd 0001 000000000009 0020", "16fefd 0000 000000000009 0020",
+                        "14fefd 0000 00000000000a 0020", "16fefd 0002 000000000001 0020")]
+    for data in forged:
+        assert net.server.datagram_received(data, ("203.0.113.9", 999), net.now) == []
+    assert net.server.datagrams_to_send(net.now) == []
+    assert net.server.counters["drop_stale_handshake"] == 4
+    again = finished[:8] + sid + finished[12:]       # under the ID, as the association's own record
+    assert net.server.datagram_received(again, CLIENT_ADDR, net.now) == []
+    assert len(net.server.datagrams_to_send(net.now)) >= 1          # its CCS and Finished again
+    assert net.server.counters["drop_stale_handshake"] == 4
+    assert ss.established and net.send_c2s(cs, segment(3)) is not None and net.to_server[-1] == (ss, segment(3))
+
+
 def test_cookie_from_another_address_is_refused() -> None:
     client, server = key_pair_endpoints()
     client.connect(SERVER_ADDR, 0.0)

@@ -317,8 +317,8 @@ class Handshake:
                 self._send(self.flight)
                 self.retransmissions += 1
             return
-        if len(self._seen) < SEEN_LIMIT:
-            self._seen.add(record)
+        if len(self._seen) < SEEN_LIMIT and not self.complete:
+            self._seen.add(record)     # after completion, only the handshake's own records need spotting
         if self._flight_sent is not None:      # the first new record answering the flight
             self.rtt = now - self._flight_sent
             self._flight_sent = None

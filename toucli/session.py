@@ -112,7 +112,7 @@ COUNTER_NAMES = (
     "handshakes_started", "handshakes_completed", "handshakes_failed", "hello_verify_sent",
     "handshake_retransmissions", "rekeys", "auth_failures", "address_changes",
     "drop_malformed", "drop_unknown_session", "drop_replay", "drop_auth", "drop_not_established",
-    "drop_amplification", "drop_nonce_guard",
+    "drop_amplification", "drop_nonce_guard", "drop_stale_handshake",
 )
 
 
@@ -569,6 +569,11 @@ class SecureEndpoint:
         hs = assoc.hs
         was_complete = hs.complete
         hs.feed(record, now)
+        if was_complete and not hs.outbox:
+            # After the handshake a handshake-type record either repeats the peer's last
+            # flight (answered with ours, RFC 6347 §4.2.4) or changes nothing: a late
+            # copy, or a forgery OpenSSL discarded (§4.1.2.7).
+            self.counters["drop_stale_handshake"] += 1
         if self.role == CLIENT and not was_complete and hs.complete and sid:
             # the datagram that completed the handshake is the server's: adopt its ID
             self._by_addr.pop(assoc.addr, None)
