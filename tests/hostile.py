@@ -37,7 +37,6 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
 
 GUE_HEAD = bytes.fromhex("023b0402 01060000")     # docs/PROTOCOL.md §5: all but the session ID
 GUE_LEN = 12
@@ -542,9 +541,8 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--max-seconds", type=float, default=300.0)
     h.add_argument("--seed", type=int, default=19)
     args = p.parse_args(argv)
-    for a in ("target",):
-        if not getattr(args, a).startswith("127."):
-            raise SystemExit("hostile.py sends to 127.0.0.0/8 only")
+    if not args.target.startswith("127."):
+        raise SystemExit("hostile.py sends to 127.0.0.0/8 only")
     sys.setswitchinterval(0.001)          # the relay thread must not wait 5 ms for the sender
     (fuzz if args.cmd == "fuzz" else flood)(args)
 
