@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 
 from toucli import dtls
@@ -118,6 +120,94 @@ def test_listen_ignores_garbage() -> None:
     sctx = dtls.make_context(True, SERVER_KEY, lambda p: None)
     conn, out = dtls.listen(sctx, dtls.CookieJar(os.urandom), b"\x16\xfe\xfd" + bytes(20), ADDR, 0.0)
     assert conn is None and out == []
+
+
+def _openssl_listen(ctx: SSL.Context, jar: dtls.CookieJar, record: bytes, now: float) -> tuple[str, list[bytes]]:
+    """What OpenSSL's own DTLSv1_listen makes of ``record`` (what :func:`dtls.listen` did
+    before it wrote HelloVerifyRequests itself): ("reply", records), ("drop", []) or ("accept", [])."""
+    conn = SSL.Connection(ctx, None)
+    conn.set_accept_state()
+    conn.set_app_data(dtls._ListenInfo(jar, ADDR, now))
+    conn.bio_write(record)
+    try:
+        conn.DTLSv1_listen()
+    except SSL.WantReadError:
+        out = dtls.split_records(drain(conn))
+        return ("reply", out) if out else ("drop", [])
+    except SSL.Error:
+        return "drop", []
+    return "accept", []
+
+
+def _tou_listen(ctx: SSL.Context, jar: dtls.CookieJar, record: bytes, now: float) -> tuple[str, list[bytes]]:
+    conn, out = dtls.listen(ctx, jar, record, ADDR, now)
+    if conn is not None:
+        return "accept", []
+    return ("reply", out) if out else ("drop", [])
+
+
+def _hellos() -> tuple[SSL.Context, dtls.CookieJar, bytes, bytes]:
+    """A server context, its cookie jar, and a client's first ClientHello (no cookie) and
+    second one (with the cookie the jar made for ADDR)."""
+    sctx = dtls.make_context(True, SERVER_KEY, lambda p: None)
+    cctx = dtls.make_context(False, CLIENT_KEY, lambda p: None)
+    jar = dtls.CookieJar(os.urandom)
+    client = dtls.Handshake.client(cctx, 0.0)
+    [hello] = client.take_output()
+    _conn, hvr = dtls.listen(sctx, jar, hello, ADDR, 0.0)
+    client.feed(hvr[0], 0.0)
+    [hello2] = client.take_output()
+    return sctx, jar, hello, hello2
+
+
+SCTX, JAR, HELLO, HELLO_WITH_COOKIE = _hellos()
+
+
+def test_hello_verify_request_is_byte_for_byte_openssls() -> None:
+    """tou writes the HelloVerifyRequest without an OpenSSL object (RFC 6347 §4.2.1): the
+    same bytes as OpenSSL's DTLSv1_listen, for a ClientHello without a cookie, with a
+    cookie made for another address, and with one from two secrets ago."""
+    stale = dtls.CookieJar(os.urandom)
+    cookie_at = 25 + 2 + 32 + 1 + HELLO_WITH_COOKIE[25 + 2 + 32]
+    other = HELLO_WITH_COOKIE[:cookie_at + 1] + stale.make(ADDR, 0.0) + HELLO_WITH_COOKIE[cookie_at + 17:]
+    for record in (HELLO, other):
+        ours, theirs = _tou_listen(SCTX, JAR, record, 1.0), _openssl_listen(SCTX, JAR, record, 1.0)
+        assert ours[0] == "reply" and ours == theirs
+        [hvr] = ours[1]
+        assert hvr[:3] == b"\x16\xfe\xff" and hvr[3:11] == record[3:11]     # the ClientHello's sequence number
+        assert hvr[-16:] == JAR.make(ADDR, 1.0) and len(hvr) < len(record)
+    assert _tou_listen(SCTX, JAR, HELLO_WITH_COOKIE, 1.0)[0] == "accept"
+    late = 2 * JAR.lifetime + 1.0                        # the cookie's secret has been replaced twice
+    assert _tou_listen(SCTX, JAR, HELLO_WITH_COOKIE, late) == _openssl_listen(SCTX, JAR, HELLO_WITH_COOKIE, late)
+
+
+@settings(max_examples=400)
+@given(base=st.sampled_from([HELLO, HELLO_WITH_COOKIE]),
+       edits=st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)), max_size=3),
+       cut=st.integers(0, 400), tail=st.binary(max_size=8))
+def test_listen_treats_a_damaged_client_hello_as_openssl_does(base: bytes, edits: list, cut: int,
+                                                             tail: bytes) -> None:
+    """Whatever the bytes (headers edited, the record cut or followed by more), tou's
+    stateless answer is OpenSSL's: the same HelloVerifyRequest, the same silence, or the
+    same acceptance of a valid cookie."""
+    record = bytearray(base)
+    for at, value in edits:
+        if at < len(record):
+            record[at] = value
+    record = bytes(record[:max(cut, 1)]) + tail if cut < len(record) else bytes(record) + tail
+    assert _tou_listen(SCTX, JAR, record, 0.5) == _openssl_listen(SCTX, JAR, record, 0.5)
+
+
+def test_a_finished_handshake_forgets_no_record_and_remembers_no_new_one() -> None:
+    """After completion only the handshake's own records need spotting (a repeated last
+    flight is answered); other records no longer pile up in memory (at most 128 of up
+    to 64 KiB each before)."""
+    client, server = handshake()
+    seen = len(server._seen)
+    for i in range(200):
+        server.feed(b"\x16\xfe\xfd\x00\x01" + i.to_bytes(6, "big") + b"\x04\x00" + os.urandom(1024), 1.0)
+    assert len(server._seen) == seen
+    assert server.take_output() == []
 
 
 def test_flight_is_retransmitted_with_fresh_epoch0_sequence_numbers() -> None:

@@ -13,6 +13,8 @@ from toucli.session import (REASON_CLIENT_KEY_REJECTED, REASON_CLOSED_BY_PEER, R
                             REASON_SECRET_MISMATCH, REASON_SERVER_KEY_REJECTED, REASON_UNKNOWN_CLIENT,
                             AuthenticationFailed, PeerAddressChanged, SecureConfig, SecureEndpoint,
                             SessionClosed, SessionEstablished, SessionRekeyed)
+from toucli import dtls
+from toucli.session import _gue_prefix as gue_prefix
 from toucli.stack import gue
 
 NEW_ADDR = ("198.51.100.7", 51000)
@@ -79,6 +81,64 @@ def test_cookie_exchange_before_any_server_state() -> None:
     server.datagram_received(hello, CLIENT_ADDR, 0.5)
     assert server._by_id == {} and server._by_addr == {}
     assert server.counters["hello_verify_sent"] == 2
+
+
+def test_a_client_hello_flood_keeps_no_state_and_makes_no_openssl_object(monkeypatch) -> None:
+    """A thousand copies of a ClientHello from a thousand addresses: each gets its
+    HelloVerifyRequest (RFC 6347 §4.2.1) from tou itself; no OpenSSL connection is made,
+    nothing is kept, and a real client still completes its handshake after them."""
+    client, server = key_pair_endpoints()
+    client.connect(SERVER_ADDR, 0.0)
+    [(hello, _)] = client.datagrams_to_send(0.0)
+    made = []
+    real_connection = dtls.SSL.Connection
+    monkeypatch.setattr(dtls.SSL, "Connection", lambda *a: made.append(a) or real_connection(*a))
+    for i in range(1000):
+        forged = hello[:39] + i.to_bytes(32, "big") + hello[71:]       # its own client random
+        assert server.datagram_received(forged, (f"127.{i // 250}.{i % 250}.1", 1024 + i), 0.5) == []
+    replies = server.datagrams_to_send(0.5)
+    assert len(replies) == 1000 and {len(d) for d, _ in replies} == {12 + 13 + 12 + 3 + 16}
+    assert made == []
+    assert server._by_id == {} and server._by_addr == {} and server.sessions() == []
+    assert server.next_deadline() is None
+    assert server.counters["hello_verify_sent"] == 1000 and server.counters["handshakes_started"] == 0
+    monkeypatch.undo()
+    net = Net(client, server)
+    net.now = 0.5
+    assert server.datagram_received(hello, CLIENT_ADDR, 0.5) == []
+    net.deliver()
+    net.advance(5.0)
+    cs, ss = net.established()
+    assert server.counters["handshakes_started"] == 1
+
+
+def test_a_handshake_record_that_is_no_client_hello_is_malformed() -> None:
+    client, server = key_pair_endpoints()
+    garbage = gue_prefix(0) + bytes.fromhex("16fefd 0000 000000000007 0010") + bytes(16)
+    assert server.datagram_received(garbage, CLIENT_ADDR, 0.0) == []
+    assert server.datagrams_to_send(0.0) == []
+    assert server.counters["drop_malformed"] == 1 and server.counters["hello_verify_sent"] == 0
+
+
+def test_handshake_records_after_the_handshake_are_counted_unless_they_repeat_it() -> None:
+    """A handshake-type record for a finished association that changes nothing (a
+    forgery, silently discarded, RFC 6347 §4.1.2.7) is counted; the client's Finished
+    again still gets the server's last flight again (§4.2.4) and is not."""
+    net, cs, ss = connect(*key_pair_endpoints())
+    [finished] = [d for way, d, _ in net.sent if way == "c2s" and d[12] == 22 and d[15:17] == b"\0\x01"]
+    sid = ss.id.to_bytes(4, "big")
+    forged = [gue_prefix(0)[:8] + sid + bytes.fromhex(h) + bytes(32)
+              for h in ("16fefd 0001 000000000009 0020", "16fefd 0000 000000000009 0020",
+                        "14fefd 0000 00000000000a 0020", "16fefd 0002 000000000001 0020")]
+    for data in forged:
+        assert net.server.datagram_received(data, ("203.0.113.9", 999), net.now) == []
+    assert net.server.datagrams_to_send(net.now) == []
+    assert net.server.counters["drop_stale_handshake"] == 4
+    again = finished[:8] + sid + finished[12:]       # under the ID, as the association's own record
+    assert net.server.datagram_received(again, CLIENT_ADDR, net.now) == []
+    assert len(net.server.datagrams_to_send(net.now)) >= 1          # its CCS and Finished again
+    assert net.server.counters["drop_stale_handshake"] == 4
+    assert ss.established and net.send_c2s(cs, segment(3)) is not None and net.to_server[-1] == (ss, segment(3))
 
 
 def test_cookie_from_another_address_is_refused() -> None:

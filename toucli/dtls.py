@@ -5,9 +5,12 @@
   authentication where the certificate is a throwaway wrapper around a tou key
   and the peer is judged by a policy callback on its public key alone.
 * Stateless cookies (RFC 6347 §4.2.1): :func:`listen` answers a ClientHello
-  without a valid cookie with a HelloVerifyRequest from a temporary connection
-  object that is dropped at once, so nothing per peer is kept. Cookies are an
-  HMAC of the peer address under a secret that rotates (:class:`CookieJar`).
+  without a valid cookie with a HelloVerifyRequest it writes itself, byte for byte
+  as OpenSSL's ``DTLSv1_listen`` would (:func:`hello_cookie`,
+  :func:`hello_verify_request`), so nothing per peer is kept and a flood of
+  ClientHellos costs no OpenSSL object each; only a ClientHello whose cookie
+  verifies reaches OpenSSL. Cookies are an HMAC of the peer address under a
+  secret that rotates (:class:`CookieJar`).
 * Retransmission (RFC 6347 §4.2.4) is driven by ``now``, not by OpenSSL's own
   clock: :class:`Handshake` keeps the last flight it sent and resends it when its
   timer expires (doubling, capped). The timer starts at 1 s; once a flight that was
@@ -34,10 +37,13 @@ from typing import Any, Callable
 from OpenSSL import SSL, crypto
 
 from .keys import PrivateKey, PublicKey
-from .record import (AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305, CT_ALERT, RecordProtection,
+from .record import (AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305, CT_ALERT, CT_HANDSHAKE, RecordProtection,
                      parse_record_header, split_records)
 
 DTLS1_2_VERSION = 0xFEFD
+DTLS1_0_VERSION = 0xFEFF      # what a HelloVerifyRequest says (RFC 6347 §4.2.1)
+MT_CLIENT_HELLO = 1
+MT_HELLO_VERIFY_REQUEST = 3
 CIPHER_LIST = (b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
                b"ECDHE-ECDSA-AES256-GCM-SHA384")
 HANDSHAKE_MTU = 1400          # ciphertext bytes OpenSSL may put in one datagram
@@ -190,22 +196,76 @@ def client_hello_random(record: bytes | memoryview) -> bytes | None:
     bytes: msg_type 1 is client_hello), RFC 5246 §7.4.1.2 (client_version, then
     random). A client's new attempt has a new random; its retransmissions keep it.
     """
-    if len(record) < _CLIENT_HELLO_RANDOM.stop or record[0] != 22 or record[13] != 1:
+    if len(record) < _CLIENT_HELLO_RANDOM.stop or record[0] != CT_HANDSHAKE or record[13] != MT_CLIENT_HELLO:
         return None
     if record[19:22] != b"\0\0\0":                     # fragment_offset
         return None
     return bytes(record[_CLIENT_HELLO_RANDOM])
 
 
+def hello_cookie(record: bytes) -> bytes | None:
+    """The cookie of the ClientHello in ``record`` (empty when it has none), or None when
+    ``record`` is no ClientHello a listening server takes: the checks of OpenSSL's
+    ``DTLSv1_listen``, which drops such a record without an answer.
+
+    A handshake record (RFC 6347 §4.1: type 22, version major ``fe``, epoch 0, a length
+    that fits; data after it is ignored) holding exactly one handshake fragment
+    (§4.2.2: 12-byte header) that is a ClientHello (type 1) with message_seq 0 or 1,
+    starting at offset 0 and no longer than the message (§4.2.1: a ClientHello whose
+    cookie is not in its first fragment cannot be answered statelessly); its body
+    (RFC 5246 §7.4.1.2) reaches past the random, the session ID and the cookie.
+    """
+    n = len(record)
+    if n < 25 or record[0] != CT_HANDSHAKE or record[1] != 0xFE or record[3] or record[4]:
+        return None
+    end = 13 + (record[11] << 8 | record[12])
+    if end > n or record[13] != MT_CLIENT_HELLO:
+        return None
+    msg_len = int.from_bytes(record[14:17], "big")
+    frag_len = int.from_bytes(record[22:25], "big")
+    if (record[17] << 8 | record[18]) > 1 or record[19:22] != b"\0\0\0" or frag_len > msg_len \
+            or 25 + frag_len != end:
+        return None
+    at = 25 + 2 + 32                   # client_version, random
+    if at >= end:
+        return None
+    at += 1 + record[at]               # session_id<0..32>
+    if at >= end:
+        return None
+    cookie_end = at + 1 + record[at]   # cookie<0..2^8-1>
+    if cookie_end > end:
+        return None
+    return bytes(record[at + 1:cookie_end])
+
+
+_HVR_VERSION = DTLS1_0_VERSION.to_bytes(2, "big")
+
+
+def hello_verify_request(record: bytes, cookie: bytes) -> bytes:
+    """The HelloVerifyRequest answering the ClientHello ``record`` (RFC 6347 §4.2.1), as
+    OpenSSL's ``DTLSv1_listen`` writes it: version ``fe ff`` in the record and the
+    message, the ClientHello's record sequence number, message_seq 0, one fragment."""
+    body = _HVR_VERSION + bytes((len(cookie),)) + cookie
+    n = len(body).to_bytes(3, "big")
+    msg = bytes((MT_HELLO_VERIFY_REQUEST,)) + n + b"\0\0\0\0\0" + n + body
+    return bytes((CT_HANDSHAKE,)) + _HVR_VERSION + bytes(record[3:11]) + len(msg).to_bytes(2, "big") + msg
+
+
 def listen(ctx: SSL.Context, jar: CookieJar, record: bytes, addr: Any, now: float
            ) -> tuple[SSL.Connection | None, list[bytes]]:
-    """Offer one ClientHello record to a fresh server connection.
+    """Offer one ClientHello record; state only if its cookie verifies.
 
     Returns ``(None, records)``: the records (a HelloVerifyRequest, or nothing for
-    garbage) go back to ``addr``, and no state is kept; or ``(conn, [])`` when the
-    cookie verified: ``conn`` is ready for :class:`Handshake`.
+    anything that is not a ClientHello, :func:`hello_cookie`) go back to ``addr``, and
+    no state is kept; or ``(conn, [])`` when the cookie verified: ``conn``, a fresh
+    server connection that took the ClientHello, is ready for :class:`Handshake`.
     """
-    if len(record) < 13 or int.from_bytes(record[5:11], "big") > SEQ0_AHEAD:
+    cookie = hello_cookie(record)
+    if cookie is None:
+        return None, []
+    if not cookie or not jar.check(cookie, addr, now):
+        return None, [hello_verify_request(record, jar.make(addr, now))]
+    if int.from_bytes(record[5:11], "big") > SEQ0_AHEAD:
         return None, []         # a client numbers from 0: damaged (see Handshake.feed)
     conn = SSL.Connection(ctx, None)
     conn.set_accept_state()
@@ -298,7 +358,7 @@ class Handshake:
                 self.damaged += 1
                 return
             self._peer_seq0 = max(self._peer_seq0, seq)
-        if not self.server and record[0] == 22 and len(record) > 25 and record[13] == 3:
+        if not self.server and record[0] == CT_HANDSHAKE and len(record) > 25 and record[13] == MT_HELLO_VERIFY_REQUEST:
             # HelloVerifyRequest (RFC 6347 §4.2.1). OpenSSL answers only the first; if a
             # later one carries another cookie, the one we echo was damaged on the way
             # (or the server's cookie secret turned): this attempt cannot complete.
@@ -313,8 +373,8 @@ class Handshake:
                 self._send(self.flight)
                 self.retransmissions += 1
             return
-        if len(self._seen) < SEEN_LIMIT:
-            self._seen.add(record)
+        if len(self._seen) < SEEN_LIMIT and not self.complete:
+            self._seen.add(record)     # after completion, only the handshake's own records need spotting
         if self._flight_sent is not None:      # the first new record answering the flight
             self.rtt = now - self._flight_sent
             self._flight_sent = None

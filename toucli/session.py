@@ -116,7 +116,7 @@ COUNTER_NAMES = (
     "hello_verify_sent",
     "handshake_retransmissions", "rekeys", "auth_failures", "address_changes",
     "drop_malformed", "drop_unknown_session", "drop_replay", "drop_auth", "drop_not_established",
-    "drop_amplification", "drop_nonce_guard",
+    "drop_amplification", "drop_nonce_guard", "drop_stale_handshake",
 )
 
 
@@ -285,7 +285,8 @@ def _gue_prefix(assoc_id: int) -> bytes:
     })
 
 
-_HEAD = _gue_prefix(0)[:8]       # 02 3b 04 02 01 06 00 00: all but the session ID
+_PREFIX_NO_ID = _gue_prefix(0)   # handshake datagrams before an association has an ID (§5.1)
+_HEAD = _PREFIX_NO_ID[:8]        # 02 3b 04 02 01 06 00 00: all but the session ID
 assert len(_gue_prefix(0)) == GUE_HEADER_LEN
 
 
@@ -562,8 +563,10 @@ class SecureEndpoint:
         the cookie verifies."""
         conn, reply = listen(self._ctx, self._cookies, bytes(record), addr, now)
         if conn is None:
+            if not reply:                  # not a ClientHello (dtls.hello_cookie)
+                self.counters["drop_malformed"] += 1
             for rec in reply:
-                self._outbox.append((_gue_prefix(0) + rec, addr))
+                self._outbox.append((_PREFIX_NO_ID + rec, addr))
                 self.counters["hello_verify_sent"] += 1
             return None
         hs = Handshake(conn, True, now, rto=self.config.handshake_rto,
@@ -603,6 +606,11 @@ class SecureEndpoint:
         if sid and not assoc.server_sid:
             assoc.server_sid = sid
         hs.feed(record, now)
+        if was_complete and not hs.outbox:
+            # After the handshake a handshake-type record either repeats the peer's last
+            # flight (answered with ours, RFC 6347 §4.2.4) or changes nothing: a late
+            # copy, or a forgery OpenSSL discarded (§4.1.2.7).
+            self.counters["drop_stale_handshake"] += 1
         if self.role == CLIENT and not was_complete and hs.complete and sid:
             # the datagram that completed the handshake is the server's: adopt its ID
             self._by_addr.pop(assoc.addr, None)
