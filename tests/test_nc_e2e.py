@@ -405,6 +405,15 @@ def test_authentication_failures_are_quick_one_line_and_logged_by_the_server(pro
         assert len([ln for ln in lines if "authentication failed" in ln]) == 1
         assert "Traceback" not in res.stderr.decode()
         assert elapsed < 2.0 + 1.5, elapsed      # 2 s budget plus interpreter start-up
+    # A client with no key of its own (none at the default place) says so before sending anything.
+    start = time.monotonic()
+    res = subprocess.run([*TOU, "connect", "--peer-key", server.public.text(), "127.0.0.1", str(port)],
+                         cwd=ROOT, env={**ENV, "XDG_CONFIG_HOME": str(tmp_path / "empty")},
+                         stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert res.returncode == 3, res.stderr
+    assert res.stderr.decode().startswith(
+        f"tou: authentication failed: no private key of our own ({tmp_path / 'empty' / 'tou' / 'key'} does not exist)")
+    assert time.monotonic() - start < 2.0 + 1.5
     # The legitimate client still gets through after the failures.
     res = run("connect", "--key-file", str(tmp_path / "cli.key"), "--peer-key",
               server.public.text(), "127.0.0.1", str(port), input=b"still serving")

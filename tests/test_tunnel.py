@@ -379,8 +379,9 @@ def test_pumps_sharing_a_sink_write_whole_chunks_in_turn() -> None:
 
 
 def test_a_local_reader_that_goes_away_resets_the_connection_quietly() -> None:
-    """``tou connect ... | head -c 10``: the pipe's reader exits; the copy ends without an
-    error (the local side chose to stop) and the peer learns it from a reset."""
+    """A forwarded socket's application closes: the copy ends without an error (the local
+    side chose to stop) and the peer learns it from a reset. (``tou connect | head -c 10``
+    fails instead, ``reader_gone_ok=False``: tests/test_local_faults.py.)"""
     async def main() -> None:
         p = Pair()
         try:

@@ -34,6 +34,13 @@ class TouGroup(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            from toucli.tunnel import TunnelError   # not imported by commands that need no tunnel
+
+            if not isinstance(exc, TunnelError):
+                raise
+            click.echo(f"tou: {exc}", err=True)      # found while setting up, before the tunnel runs
+            raise click.exceptions.Exit(exc.exit_code) from None
 
 
 @click.group(

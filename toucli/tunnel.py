@@ -1277,9 +1277,10 @@ class Pump:
 
     def __init__(self, ch: Channel, source: FdStream | None, sink: FdStream | None, *,
                  gate: Any = None, on_source_eof: Callable[[], None] | None = None,
-                 close_sink: bool = True) -> None:
+                 close_sink: bool = True, reader_gone_ok: bool = True) -> None:
         self.ch = ch
         self.tunnel = ch.tunnel
+        self.reader_gone_ok = reader_gone_ok
         self.loop = ch.tunnel.loop
         self.source = source
         self.sink = sink
@@ -1385,6 +1386,17 @@ class Pump:
         self.ch.abort(str(err))
         self.tunnel.flush()
 
+    def _sink_failed(self, exc: OSError) -> None:
+        """A write error on the output (a full disk, EIO, a reader that went away): the
+        peer must not take what it sent for delivered, so the connection is reset."""
+        what = ("its reader went away" if isinstance(exc, (BrokenPipeError, ConnectionResetError))
+                else exc.strerror or str(exc))
+        err = TunnelError(f"writing the output failed: {what}; the connection to {self.ch.describe()} was reset")
+        self._down_open = False
+        self._stop(err)
+        self.ch.abort(str(err))
+        self.tunnel.flush()
+
     async def _up_unpolled(self) -> None:
         assert self.source is not None
         try:
@@ -1424,7 +1436,7 @@ class Pump:
         while True:
             if writer is not None:
                 if writer.error is not None:
-                    self._stop(writer.error)
+                    self._sink_failed(writer.error)
                     return
                 if writer.full:                  # the receive window closes until it catches up
                     writer.notify(self._on_writer)
@@ -1456,7 +1468,7 @@ class Pump:
                 writer.notify(self._on_writer)   # the peer's FIN goes on once the file has it all
                 return
             if writer is not None and writer.error is not None:
-                self._stop(writer.error)
+                self._sink_failed(writer.error)
                 return
             self._down_open = False
             try:
@@ -1492,12 +1504,15 @@ class Pump:
                 sink.owner = self
                 self._watch_sink(True)
                 return False
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                if not self.reader_gone_ok:
+                    self._sink_failed(exc)
+                    return False
                 self._stop(_ReaderGone())          # first: the abort below notifies this pump
                 self.ch.abort("local reader went away")
                 return False
             except OSError as exc:
-                self._stop(exc)
+                self._sink_failed(exc)
                 return False
             bufs = _advance(bufs, n)
         self._release_sink()
@@ -1571,17 +1586,20 @@ def _advance(bufs: list[Buffer], n: int) -> list[Buffer]:
 
 async def splice(ch: Channel, source: FdStream | None, sink: FdStream | None, *,
                  gate: Any = None, on_source_eof: Callable[[], None] | None = None,
-                 close_sink: bool = True) -> None:
+                 close_sink: bool = True, reader_gone_ok: bool = True) -> None:
     """Copy ``source`` -> ``ch`` and ``ch`` -> ``sink`` until both directions ended (a :class:`Pump`).
 
     The source's EOF becomes our FIN; the peer's FIN closes the sink's write side
     (unless ``close_sink`` is false). ``source=None`` sends FIN at once; ``sink=None``
     discards what arrives; ``gate`` (``take``/``end``) sees the incoming bytes first.
-    Raises TunnelError when the channel fails; a sink whose reader went away (EPIPE)
-    resets the connection and ends quietly.
+    Raises TunnelError when the channel fails or the sink cannot be written (the
+    connection is then reset); a sink whose reader went away (EPIPE) resets the
+    connection too, and ends quietly when ``reader_gone_ok`` (a forwarded socket's
+    application closing is its right; netcat's standard output closing is a failure).
     """
     try:
-        await Pump(ch, source, sink, gate=gate, on_source_eof=on_source_eof, close_sink=close_sink).run()
+        await Pump(ch, source, sink, gate=gate, on_source_eof=on_source_eof, close_sink=close_sink,
+                   reader_gone_ok=reader_gone_ok).run()
     except _ReaderGone:
         return
 

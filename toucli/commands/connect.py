@@ -256,6 +256,13 @@ def secure_transport(s: Settings, *, server: bool) -> Transport:
             if key_file is None:
                 from toucli.commands.key import default_key_path
                 key_file = str(default_key_path())
+                if not os.path.exists(key_file):
+                    from toucli.tunnel import AuthenticationError
+                    other = "server" if not server else "clients"
+                    raise AuthenticationError(
+                        f"authentication failed: no private key of our own ({key_file} does not exist); "
+                        f"create it with 'tou key gen' and give its public key ('tou key pub') to the "
+                        f"{other}, or pass --key-file FILE")
             private = k.PrivateKey.load(key_file)
             if server:
                 auth = Auth.keys(private, authorized=k.AuthorizedKeys.load(s.authorized_keys))
@@ -326,7 +333,8 @@ async def session(s: Settings, ch: Channel, source: FdStream | None, sink: FdStr
         if s.linger is not None:
             loop.call_later(s.linger, lambda: linger_fut.done() or linger_fut.set_result(None))
 
-    tasks = {asyncio.ensure_future(splice(ch, source, sink, on_source_eof=source_eof, close_sink=close_sink)),
+    tasks = {asyncio.ensure_future(splice(ch, source, sink, on_source_eof=source_eof, close_sink=close_sink,
+                                          reader_gone_ok=False)),
              linger_fut}
     idle = None
     if s.idle_timeout:
