@@ -25,6 +25,7 @@ import pytest
 
 from faultlink import Impairment, FaultLink
 from reply_after_eof import payload
+from procs import feed
 from test_nc_e2e import ROOT, TOU, free_port, secure_env, tou, wait_listening
 
 SIZE = 1_000_000            # bytes each way
@@ -136,3 +137,87 @@ def test_a_client_that_quits_early_resets_the_listener_even_if_its_rst_is_lost(p
     assert lst.returncode == 1
     assert b"the peer exited with connections unfinished" in lst.stderr.read()
     assert took < 2.5, took
+
+
+def _last_stats(path: Path) -> dict:
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    assert lines, "no statistics written"
+    return json.loads(lines[-1])
+
+
+def _moving_transfer(procs, tmp_path, size: int, during) -> tuple[bytes, Path, dict, FaultLink]:
+    """``size`` random bytes fed to ``tou connect`` over 3 s, through a FaultLink, into
+    ``tou listen -d > file``; ``during(link, written)`` is called as the file grows."""
+    data = os.urandom(size)
+    out, stats = tmp_path / "out.bin", tmp_path / "stats.jsonl"
+    port = free_port()
+    with open(out, "wb") as sink:
+        lst = tou("listen", "-d", "--stats-json", str(stats), "--stats-interval", "0.1",
+                  "127.0.0.1", str(port), env=secure_env(), stdout=sink)
+    procs.append(lst)
+    wait_listening(port, lst)
+    link = FaultLink(("127.0.0.1", port), capture=400)
+    try:
+        cli = subprocess.Popen([*TOU, "connect", "127.0.0.1", str(link.port)], cwd=ROOT, env=secure_env(),
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(cli)
+        feed(cli, data, 3.0)
+        deadline = time.monotonic() + 60
+        while cli.poll() is None and time.monotonic() < deadline:
+            during(link, out.stat().st_size)
+            time.sleep(0.01)
+        assert cli.wait(timeout=30) == 0, cli.stderr.read().decode()
+        assert lst.wait(timeout=30) == 0, lst.stderr.read().decode()
+    finally:
+        link.close()
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest(), "stream corrupted"
+    return data, out, _last_stats(stats), link
+
+
+@pytest.mark.slow
+def test_the_connection_survives_the_client_moving_to_a_new_port_then_a_new_address(procs, tmp_path) -> None:
+    """NAT rebinding, then a new address, mid-transfer: the relay sends from a new socket
+    (the old one closed: what the listener still sends there is lost). The listener
+    moves its replies only after an authenticated datagram from the new address."""
+    moves: list[tuple[str, int]] = []
+
+    def during(link: FaultLink, written: int) -> None:
+        if not moves and written > 2_000_000:
+            moves.append(link.rebind("127.0.0.1"))          # new port
+        elif len(moves) == 1 and written > 6_000_000:
+            moves.append(link.rebind("127.0.0.2"))          # new address
+    _, _, snap, _ = _moving_transfer(procs, tmp_path, 12_000_000, during)
+    assert len(moves) == 2 and moves[1][0] == "127.0.0.2"
+    assert snap["secure"]["address_changes"] == 2, snap["secure"]
+    print(f"\nmoved to {moves}; listener counters: {snap['secure']}")
+
+
+def _forged(datagram: bytes) -> bytes:
+    """A record number never used (after the 12-byte GUE header: type, version, epoch,
+    then 6 bytes of number) and one bit of the tag flipped: fails authentication."""
+    b = bytearray(datagram)
+    seq = int.from_bytes(b[17:23], "big") + 1_000_000
+    b[17:23] = seq.to_bytes(6, "big")
+    b[-1] ^= 1
+    return bytes(b)
+
+
+@pytest.mark.slow
+def test_records_replayed_from_another_address_do_not_move_the_session(procs, tmp_path) -> None:
+    """An attacker on the path sends 300 of the client's records, already delivered, from
+    127.0.0.3, and 300 with a new record number and a changed tag from 127.0.0.4: each is
+    dropped (a replay; a failed tag), nothing is sent to the attackers, the session
+    stays where it is and the transfer is intact."""
+    replays = []
+
+    def during(link: FaultLink, written: int) -> None:
+        if not replays and written > 4_000_000 and len(link.captured) >= 400:
+            records = link.captured[100:400]
+            replays.append(link.replay_from("127.0.0.3", records))
+            replays.append(link.replay_from("127.0.0.4", [_forged(r) for r in records]))
+    _, _, snap, _ = _moving_transfer(procs, tmp_path, 10_000_000, during)
+    assert replays, "nothing was replayed"
+    for rp in replays:
+        assert rp.received == [], f"the listener sent {len(rp.received)} datagrams to an attacker"
+    assert snap["secure"]["address_changes"] == 0, snap["secure"]
+    assert snap["secure"]["drop_replay"] >= 300 and snap["secure"]["drop_auth"] >= 300, snap["secure"]
