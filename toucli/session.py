@@ -605,8 +605,11 @@ class SecureEndpoint:
         was_complete = hs.complete
         if sid and not assoc.server_sid:
             assoc.server_sid = sid
+        damaged = hs.damaged
         hs.feed(record, now)
-        if was_complete and not hs.outbox:
+        if hs.damaged != damaged:
+            self.counters["drop_malformed"] += 1      # an epoch-0 record number far ahead (dtls)
+        elif was_complete and not hs.outbox:
             # After the handshake a handshake-type record either repeats the peer's last
             # flight (answered with ours, RFC 6347 §4.2.4) or changes nothing: a late
             # copy, or a forgery OpenSSL discarded (§4.1.2.7).
