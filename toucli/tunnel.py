@@ -69,7 +69,7 @@ TCP_HEADER = 20
 DEFAULT_KEEPALIVE = 30.0     # seconds until a silent peer is declared dead
 DEFAULT_CC = "bbr"           # the runtime's congestion control (README "Congestion control")
 CLOSE_TIMEOUT = 2.0          # graceful close on a signal: how long FINs may take
-CLOSE_NOTIFY_COPIES = 3      # close_notify records sent on exit (each a datagram that may be lost)
+CLOSE_NOTIFY_COPIES = 3      # closing alerts sent per session on exit (each a datagram that may be lost)
 PMTU_TICK = 0.2              # seconds between path-MTU timer checks (probe timeouts, black holes)
 PMTU_BLACK_HOLE_RTOS = 2     # retransmission timeouts in a row, nothing acknowledged: a black hole (§4.3)
 PMTU_PROBE_TIMEOUT = 2.0     # a probe unanswered for the RTO, at most this long, is lost (RFC 8899 PROBE_TIMER)
@@ -363,7 +363,7 @@ class SecureTransport:
         if isinstance(event, SessionClosed):
             if event.reason == REASON_CLOSED_BY_PEER:
                 return session, SessionEndedByPeer(f"secure session with {format_address(session.peer_addr)} "
-                                           f"ended: {event.reason}")
+                                                   f"ended: {event.reason}")
             if event.reason.startswith("authentication failed"):
                 return session, AuthenticationError(event.reason)
             return session, TunnelError(f"secure session with {format_address(session.peer_addr)} "
