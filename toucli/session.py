@@ -607,7 +607,7 @@ class SecureEndpoint:
             assoc.server_sid = sid
         damaged = hs.damaged
         hs.feed(record, now)
-        if hs.damaged != damaged:
+        if hs.damaged != damaged and not was_complete:
             self.counters["drop_malformed"] += 1      # an epoch-0 record number far ahead (dtls)
         elif was_complete and not hs.outbox:
             # After the handshake a handshake-type record either repeats the peer's last

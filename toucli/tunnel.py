@@ -1392,6 +1392,7 @@ class Pump:
         what = ("its reader went away" if isinstance(exc, (BrokenPipeError, ConnectionResetError))
                 else exc.strerror or str(exc))
         err = TunnelError(f"writing the output failed: {what}; the connection to {self.ch.describe()} was reset")
+        err.__cause__ = exc
         self._down_open = False
         self._stop(err)
         self.ch.abort(str(err))
