@@ -186,24 +186,7 @@ def _drain(conn: SSL.Connection) -> bytes:
         out += chunk
 
 
-_CLIENT_HELLO_RANDOM = slice(13 + 12 + 2, 13 + 12 + 2 + 32)   # record header, handshake header, version
-
-
-def client_hello_random(record: bytes | memoryview) -> bytes | None:
-    """The 32-byte random of a DTLS ClientHello record (the first fragment of one), else None.
-
-    RFC 6347 §4.1 (record header, 13 bytes) and §4.2.2 (handshake header, 12
-    bytes: msg_type 1 is client_hello), RFC 5246 §7.4.1.2 (client_version, then
-    random). A client's new attempt has a new random; its retransmissions keep it.
-    """
-    if len(record) < _CLIENT_HELLO_RANDOM.stop or record[0] != CT_HANDSHAKE or record[13] != MT_CLIENT_HELLO:
-        return None
-    if record[19:22] != b"\0\0\0":                     # fragment_offset
-        return None
-    return bytes(record[_CLIENT_HELLO_RANDOM])
-
-
-def hello_cookie(record: bytes) -> bytes | None:
+def hello_cookie(record: bytes | memoryview) -> bytes | None:
     """The cookie of the ClientHello in ``record`` (empty when it has none), or None when
     ``record`` is no ClientHello a listening server takes: the checks of OpenSSL's
     ``DTLSv1_listen``, which drops such a record without an answer.
@@ -236,6 +219,14 @@ def hello_cookie(record: bytes) -> bytes | None:
     if cookie_end > end:
         return None
     return bytes(record[at + 1:cookie_end])
+
+
+def client_hello_random(record: bytes | memoryview) -> bytes | None:
+    """The 32-byte random of the ClientHello in ``record`` (None when :func:`hello_cookie`
+    takes it for none). A client's new attempt has a new random; its retransmissions keep it."""
+    if hello_cookie(record) is None:
+        return None
+    return bytes(record[25 + 2:25 + 2 + 32])      # headers, client_version (RFC 5246 §7.4.1.2)
 
 
 _HVR_VERSION = DTLS1_0_VERSION.to_bytes(2, "big")

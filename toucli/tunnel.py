@@ -902,6 +902,7 @@ class Tunnel:
             failed = tr.failure(tev)
             if failed is not None:
                 session, error = failed
+                self._reset_peers.discard(session)
                 for ch in list(self.channels.values()):
                     if ch.conn.peer is session and not ch.done.done():
                         # The peer closed its session after both FINs crossed: it had all
