@@ -746,6 +746,15 @@ class Tunnel:
         try:
             usock.receive(handle, RECV_CALLS_PER_WAKEUP)
         except OSError as exc:
+            if exc.errno in PEER_UNREACHABLE:
+                # The socket reports the ICMP error before the datagrams already queued
+                # (the peer's RST or closing alert): those go first and say why it ended.
+                try:
+                    usock.receive(handle, RECV_CALLS_PER_WAKEUP)
+                except OSError:
+                    pass
+                counts.clear()
+                self._service(now)
             self._udp_failed(exc)
         counts.clear()
         self._service(now)
@@ -767,6 +776,7 @@ class Tunnel:
             if mtu is not None:
                 self._pmtu_ptb(rep, mtu, now)
             elif self.usock.connected_to is not None and rep.errno in PEER_UNREACHABLE:
+                self._on_readable()      # what the peer sent before it went (an RST) goes first
                 self._udp_failed(OSError(rep.errno, os.strerror(rep.errno)))
 
     def _udp_failed(self, exc: OSError) -> None:
@@ -777,8 +787,9 @@ class Tunnel:
             text = {errno.ECONNREFUSED: f"connection refused: nothing listens on UDP {where}"}.get(
                 exc.errno, f"{where}: {exc.strerror}")
             for ch in list(self.channels.values()):
-                ch.conn.abort()
-                ch._fail(TunnelError(text))
+                if not ch.done.done():
+                    ch.conn.abort()
+                    ch._fail(TunnelError(text))
             return
         raise exc
 
@@ -865,6 +876,10 @@ class Tunnel:
                     self._pmtu_connected(conn)
                 if ch is None:
                     ch = Channel(self, conn)
+                    if not ch.connected.done():
+                        # It was established, though its peer's FIN or RST, in the same
+                        # batch, may have moved it on already: a reset is not a refusal.
+                        ch.connected.set_result(None)
                     self.channels[conn] = ch
                     if self.on_accept is not None:
                         self.on_accept(ch)
@@ -892,6 +907,10 @@ class Tunnel:
                 if ch is not None:
                     del self.channels[conn]
                     self._closing.discard(ch)
+                    if conn.fin_off is None or conn.snd_una <= conn.fin_off:
+                        # Closed with our FIN unacknowledged: an RST in LAST-ACK or CLOSING,
+                        # which RFC 9293 §3.10.7.4 closes quietly; the peer did not finish.
+                        ch._fail(TunnelError(f"connection reset by {ch.describe()}"))
                     ch._finish()
         tr = self.transport
         while True:
