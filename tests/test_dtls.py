@@ -210,6 +210,33 @@ def test_a_finished_handshake_forgets_no_record_and_remembers_no_new_one() -> No
     assert server.take_output() == []
 
 
+def test_an_encrypted_record_is_never_taken_for_a_second_hello_verify_request() -> None:
+    """The client gives up an attempt whose server sends a second HelloVerifyRequest with
+    another cookie; byte 13 of an encrypted (epoch 1) record is ciphertext, 3 one time
+    in 256 with ChaCha20-Poly1305, and once made 0.5 % of clean handshakes start over."""
+    sctx = dtls.make_context(True, SERVER_KEY, lambda p: None)
+    cctx = dtls.make_context(False, CLIENT_KEY, lambda p: None)
+    jar = dtls.CookieJar(os.urandom)
+    client = dtls.Handshake.client(cctx, 0.0)
+    [hello] = client.take_output()
+    _conn, hvr = dtls.listen(sctx, jar, hello, ADDR, 0.0)
+    for rec in hvr:
+        client.feed(rec, 0.0)
+    [hello2] = client.take_output()
+    conn, _none = dtls.listen(sctx, jar, hello2, ADDR, 0.0)
+    body = b"\x03" + os.urandom(60)
+    client.feed(b"\x16\xfe\xfd\x00\x01" + (0).to_bytes(6, "big") + len(body).to_bytes(2, "big") + body, 0.0)
+    assert client.failure is None
+    server = dtls.Handshake(conn, True, 0.0)
+    server.step(0.0)
+    for _ in range(4):
+        for rec in server.take_output():
+            client.feed(rec, 0.0)
+        for rec in client.take_output():
+            server.feed(rec, 0.0)
+    assert client.complete and server.complete and client.failure is None
+
+
 def test_flight_is_retransmitted_with_fresh_epoch0_sequence_numbers() -> None:
     cctx = dtls.make_context(False, CLIENT_KEY, lambda p: None)
     client = dtls.Handshake.client(cctx, 10.0, rto=1.0, rto_max=2.0)

@@ -349,8 +349,10 @@ class Handshake:
                 self.damaged += 1
                 return
             self._peer_seq0 = max(self._peer_seq0, seq)
-        if not self.server and record[0] == CT_HANDSHAKE and len(record) > 25 and record[13] == MT_HELLO_VERIFY_REQUEST:
-            # HelloVerifyRequest (RFC 6347 §4.2.1). OpenSSL answers only the first; if a
+        if (not self.server and record[0] == CT_HANDSHAKE and record[3:5] == b"\0\0" and len(record) > 25
+                and record[13] == MT_HELLO_VERIFY_REQUEST):
+            # HelloVerifyRequest (RFC 6347 §4.2.1; epoch 0: in the encrypted Finished,
+            # byte 13 is ciphertext and is 3 one time in 256). OpenSSL answers only the first; if a
             # later one carries another cookie, the one we echo was damaged on the way
             # (or the server's cookie secret turned): this attempt cannot complete.
             if self._cookie is None:
