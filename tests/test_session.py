@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from securenet import (CLIENT_ADDR, CLIENT_KEY, OTHER_KEY, SERVER_ADDR, SERVER_KEY, Net, connect,
                        key_pair_endpoints, secret_endpoints, segment)
-from toucli.record import FAST_PATH_SEQ_BASE
+from toucli.record import FAST_PATH_SEQ_BASE, split_records
 from toucli.session import (REASON_CLIENT_KEY_REJECTED, REASON_CLOSED_BY_PEER, REASON_KEY_LIMIT, REASON_PEER_DEAD,
                             REASON_SECRET_MISMATCH, REASON_SERVER_KEY_REJECTED, REASON_UNKNOWN_CLIENT,
                             AuthenticationFailed, PeerAddressChanged, SecureConfig, SecureEndpoint,
@@ -125,7 +125,8 @@ def test_handshake_records_after_the_handshake_are_counted_unless_they_repeat_it
     forgery, silently discarded, RFC 6347 §4.1.2.7) is counted; the client's Finished
     again still gets the server's last flight again (§4.2.4) and is not."""
     net, cs, ss = connect(*key_pair_endpoints())
-    [finished] = [d for way, d, _ in net.sent if way == "c2s" and d[12] == 22 and d[15:17] == b"\0\x01"]
+    [finished] = [d[:12] + rec for way, d, _ in net.sent if way == "c2s"
+                  for rec in split_records(d[12:]) if rec[0] == 22 and rec[3:5] == b"\0\x01"]
     sid = ss.id.to_bytes(4, "big")
     forged = [gue_prefix(0)[:8] + sid + bytes.fromhex(h) + bytes(32)
               for h in ("16fefd 0001 000000000009 0020", "16fefd 0000 000000000009 0020",
@@ -742,3 +743,71 @@ def test_a_bit_flipped_in_any_handshake_datagram_costs_a_retry_not_the_session(m
             assert net.send_c2s(cs, segment(3)) is not None, (way, n)
             assert net.to_server == [(ss, segment(3))], (way, n)
             assert not [e for e in net.client_events if isinstance(e, SessionClosed)], (way, n)
+
+
+# --- segments that overtake a proof -------------------------------------------------------
+
+_BARE_SYN = bytes(12) + b"\x50\x02" + bytes(6)      # a TCP header with no payload
+
+
+def test_a_segment_that_overtakes_a_proof_is_held_until_the_proofs_are_done() -> None:
+    """On a path that reorders, the inner SYN sent right behind the client proof, and the
+    SYN-ACK right behind the server's, can arrive first; they wait for the proof (at
+    most EARLY_RECORDS per association) instead of being dropped and costing each side
+    a retransmission timeout."""
+    client, server = key_pair_endpoints()
+    net = Net(client, server)
+    held: dict[str, bytes] = {}
+
+    def hold_first_proof(way: str, n: int, data: bytes) -> bytes | None:
+        is_app_record = data[12] == 23 and data[15:17] == b"\x00\x01"
+        if is_app_record and way not in held:
+            held[way] = data
+            return None
+        return data
+
+    net.mangle = hold_first_proof
+    cs = client.connect(SERVER_ADDR, net.now)
+    net.deliver()
+    assert "c2s" in held and cs.state == "handshake"
+    # the SYN leaves behind the (held) proof and reaches the server first
+    assert net.server.datagram_received(client.seal_segment(cs, _BARE_SYN), CLIENT_ADDR, net.now) == []
+    assert server.counters["early_held"] == 1 and server.counters["drop_not_established"] == 0
+    got = server.datagram_received(held["c2s"], CLIENT_ADDR, net.now)
+    assert [seg for _s, seg in got] == [_BARE_SYN]
+    net.deliver()
+    ss = [e.session for e in net.server_events if isinstance(e, SessionEstablished)][0]
+    assert got[0][0] is ss and "s2c" in held and cs.state == "handshake"
+    # the SYN-ACK overtakes the server proof the same way
+    syn_ack = bytes(12) + b"\x50\x12" + bytes(6)
+    assert client.datagram_received(server.seal_segment(ss, syn_ack), SERVER_ADDR, net.now) == []
+    assert client.counters["early_held"] == 1
+    got = client.datagram_received(held["s2c"], SERVER_ADDR, net.now)
+    assert got == [(cs, syn_ack)] and cs.state == "established"
+    assert client.counters["drop_not_established"] == server.counters["drop_not_established"] == 0
+
+
+def test_early_segments_are_bounded_and_never_delivered_without_the_proof() -> None:
+    from toucli.session import EARLY_RECORDS
+    client, server = key_pair_endpoints()
+    net = Net(client, server)
+    net.mangle = lambda way, n, data: None if way == "c2s" and data[12] == 23 else data
+    cs = client.connect(SERVER_ADDR, net.now)
+    net.deliver()
+    for _ in range(EARLY_RECORDS + 5):
+        assert server.datagram_received(client.seal_segment(cs, _BARE_SYN), CLIENT_ADDR, net.now) == []
+    assert server.counters["early_held"] == EARLY_RECORDS
+    assert server.counters["drop_not_established"] == 5
+    assert not [e for e in net.server_events if isinstance(e, SessionEstablished)]
+
+
+def test_each_flight_is_one_datagram_so_a_reordering_path_cannot_split_it() -> None:
+    """One record per datagram let a path that reorders deliver the client's
+    ChangeCipherSpec ahead of its CertificateVerify; OpenSSL drops such a CCS and the
+    flight had to be resent (3 round trips of timer on a 100 ms path)."""
+    net, cs, ss = connect(*key_pair_endpoints())
+    shake = [(way, split_records(d[12:])) for way, d, _ in net.sent if d[12] in (20, 22)]
+    assert [way for way, _recs in shake] == ["c2s", "s2c", "c2s", "s2c", "c2s", "s2c"]
+    assert [len(recs) for _way, recs in shake] == [1, 1, 1, 5, 5, 2]   # CH, HVR, CH, SH..SHD, Cert..Fin, CCS Fin
+    assert all(len(d) <= 12 + dtls.HANDSHAKE_MTU for _w, d, _a in net.sent)
+    assert net.client.counters["handshake_retransmissions"] == net.server.counters["handshake_retransmissions"] == 0

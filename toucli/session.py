@@ -58,11 +58,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
-from .dtls import (ALERT_ACCESS_DENIED, ALERT_CLOSE_NOTIFY, APPLICATION_EPOCH, REJECTION_ALERTS,
+from .dtls import (ALERT_ACCESS_DENIED, ALERT_CLOSE_NOTIFY, APPLICATION_EPOCH, HANDSHAKE_MTU, REJECTION_ALERTS,
                    CookieJar, Handshake, client_hello_random, listen, make_context, record_keys)
 from .keys import AuthorizedKeys, PrivateKey, PublicKey, SharedSecret
 from .record import (CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, RECORD_HEADER_LEN, RecordDrop,
-                     RecordProtection)
+                     RecordProtection, split_records)
 from .stack import gue
 from .stack.errors import LocalError
 
@@ -85,6 +85,7 @@ MSG_PATH_CHALLENGE = 0x05            # data(8)
 MSG_PATH_RESPONSE = 0x06             # data(8)
 PROOF_MAC_LEN = 14
 HANDSHAKE_ATTEMPTS = 3               # client: fresh handshakes after a damaged one, then give up
+EARLY_RECORDS = 16                   # segments an association holds until its proofs are done
 EXPORTER_BINDING = b"EXPORTER-tou-channel-binding"
 EXPORTER_REKEY = b"EXPORTER-tou-rekey"
 PROOF_LABEL = b"tou proof v1"
@@ -116,7 +117,7 @@ COUNTER_NAMES = (
     "hello_verify_sent",
     "handshake_retransmissions", "rekeys", "auth_failures", "address_changes",
     "drop_malformed", "drop_unknown_session", "drop_replay", "drop_auth", "drop_not_established",
-    "drop_amplification", "drop_nonce_guard", "drop_stale_handshake",
+    "drop_amplification", "drop_nonce_guard", "drop_stale_handshake", "early_held",
 )
 
 
@@ -263,6 +264,9 @@ class _Association:
         self.hello_random: bytes | None = None   # server: the ClientHello that made it
         self.attempt = 1                  # client: this session's handshake attempt (HANDSHAKE_ATTEMPTS)
         self.server_sid = 0               # client: the ID the server's handshake datagrams carry
+        # Segments that overtook a proof (the SYN behind the client proof, the SYN-ACK
+        # behind the server's; PROTOCOL.md §8.1), opened and held until the proofs are done.
+        self.early_segments: list[bytes] = []
 
     def set_id(self, assoc_id: int) -> None:
         self.id = assoc_id
@@ -555,7 +559,12 @@ class SecureEndpoint:
         if sid == 0 and addr != assoc.addr:
             counters["drop_unknown_session"] += 1
             return None
-        self._feed_handshake(assoc, bytes(record), sid, now)
+        records = split_records(bytes(record))     # a flight's records share datagrams
+        if not records:
+            counters["drop_malformed"] += 1
+            return None
+        for rec in records:
+            self._feed_handshake(assoc, rec, sid, now)
         return assoc
 
     def _listen(self, record: bytes, addr: Addr, now: float) -> _Association | None:
@@ -623,11 +632,20 @@ class SecureEndpoint:
 
     def _after_handshake_io(self, assoc: _Association, now: float) -> None:
         hs = assoc.hs
+        # A flight leaves in as few datagrams as HANDSHAKE_MTU allows (PROTOCOL.md §5): one
+        # record per datagram let a path that reorders deliver a ChangeCipherSpec ahead
+        # of the records it follows, which OpenSSL drops, costing a retransmission.
+        datagram = bytearray()
         for rec in hs.take_output():
             if assoc.keys is not None and not assoc.keys.note_openssl_record(rec):
                 self.counters["drop_nonce_guard"] += 1
                 continue
-            self._outbox.append((assoc.prefix + rec, assoc.dest))
+            if datagram and len(datagram) + len(rec) > HANDSHAKE_MTU:
+                self._outbox.append((assoc.prefix + bytes(datagram), assoc.dest))
+                datagram.clear()
+            datagram += rec
+        if datagram:
+            self._outbox.append((assoc.prefix + bytes(datagram), assoc.dest))
         rtx = hs.retransmissions - assoc.counted_rtx
         if rtx:
             self.counters["handshake_retransmissions"] += rtx
@@ -859,12 +877,22 @@ class SecureEndpoint:
                     self._switch(session, assoc, now)
                     touched = assoc
                 if assoc.state != READY or session is None or session.state != "established":
-                    counters["drop_not_established"] += 1
+                    if assoc.state == PROOF and len(assoc.early_segments) < EARLY_RECORDS:
+                        assoc.early_segments.append(bytes(pt))   # delivered when the proofs are done
+                        counters["early_held"] += 1
+                    else:
+                        counters["drop_not_established"] += 1
                     return touched
                 counters["segments_in"] += 1
                 out.append((session, pt))
                 return touched
             self._control(assoc, pt, addr, now)
+            owner = assoc.session
+            if assoc.early_segments and assoc.state == READY and owner is not None \
+                    and owner.state == "established":
+                held, assoc.early_segments = assoc.early_segments, []
+                counters["segments_in"] += len(held)
+                out.extend((owner, seg) for seg in held)
         elif ctype == CT_ALERT and len(pt) == 2:
             self._alert(assoc, pt[0], pt[1], now)
         else:
