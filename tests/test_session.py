@@ -811,3 +811,37 @@ def test_each_flight_is_one_datagram_so_a_reordering_path_cannot_split_it() -> N
     assert [len(recs) for _way, recs in shake] == [1, 1, 1, 5, 5, 2]   # CH, HVR, CH, SH..SHD, Cert..Fin, CCS Fin
     assert all(len(d) <= 12 + dtls.HANDSHAKE_MTU for _w, d, _a in net.sent)
     assert net.client.counters["handshake_retransmissions"] == net.server.counters["handshake_retransmissions"] == 0
+
+
+def test_the_client_proof_leaves_with_the_finished_flight() -> None:
+    """The client's keys and exporter are settled once it has written its Finished, so
+    its proof goes right behind that flight instead of a round trip later, when the
+    server's Finished is in (like TLS False Start, RFC 7918, for the proof and a bare
+    SYN only: data still waits for the server proof)."""
+    net, cs, ss = connect(*secret_endpoints())
+    order = [(way, d[12]) for way, d, _ in net.sent][:8]
+    assert order == [("c2s", 22), ("s2c", 22),            # ClientHello, HelloVerifyRequest
+                     ("c2s", 22), ("s2c", 22),            # ClientHello, ServerHello..ServerHelloDone
+                     ("c2s", 22), ("c2s", 23),            # Certificate..Finished, client proof
+                     ("s2c", 20), ("s2c", 23)]            # ChangeCipherSpec+Finished, server proof
+    assert net.send_c2s(cs, segment(1)) is not None and net.to_server[-1] == (ss, segment(1))
+
+
+def test_a_server_proof_that_overtakes_the_servers_finished_waits_for_it() -> None:
+    client, server = secret_endpoints()
+    net = Net(client, server)
+    held: list[bytes] = []
+
+    def hold_final_flight(way: str, n: int, data: bytes) -> bytes | None:
+        if way == "s2c" and data[12] == 20 and not held:
+            held.append(data)             # the server's CCS + Finished
+            return None
+        return data
+
+    net.mangle = hold_final_flight
+    cs = client.connect(SERVER_ADDR, net.now)
+    net.deliver()
+    assert held and cs.state == "handshake" and client.counters["auth_failures"] == 0
+    assert client.datagram_received(held[0], SERVER_ADDR, net.now) == []
+    net.deliver()
+    assert cs.state == "established" and client.counters["handshake_retransmissions"] == 0

@@ -306,6 +306,9 @@ class Handshake:
         self.listen_info = conn.get_app_data()
         conn.set_app_data(self)
         self.complete = False
+        # Client: its Finished has been written, so the master secret, record keys and
+        # exporter are settled although the server's Finished has not been seen yet.
+        self.finished_sent = False
         self.failure: HandshakeFailure | None = None
         self.rto_initial = rto
         self.rto = rto
@@ -418,6 +421,8 @@ class Handshake:
     def _collect(self, now: float, after_complete: bool = False) -> None:
         records = split_records(_drain(self.conn))
         if records:
+            if not self.server and records[-1][3:5] == b"\0\x01":
+                self.finished_sent = True
             self.flight = records
             self._send(records)
             self._final_flight = self.complete

@@ -267,6 +267,10 @@ class _Association:
         # Segments that overtook a proof (the SYN behind the client proof, the SYN-ACK
         # behind the server's; PROTOCOL.md §8.1), opened and held until the proofs are done.
         self.early_segments: list[bytes] = []
+        # Datagrams of the application epoch that came before the keys existed (a client
+        # proof that overtook the Finished flight), opened once they do.
+        self.early_datagrams: list[tuple[bytes, Addr]] = []
+        self.early_proof: bytes | None = None     # client: a server proof that overtook its Finished
 
     def set_id(self, assoc_id: int) -> None:
         self.id = assoc_id
@@ -544,8 +548,8 @@ class SecureEndpoint:
         if sid and not assoc.id and assoc.session is not None and sid in assoc.session._abandoned:
             counters["drop_unknown_session"] += 1     # a late flight of an attempt given up
             return None
-        if sid and self.role == SERVER and self._by_addr.get(assoc.addr) is assoc:
-            del self._by_addr[assoc.addr]          # the client knows the ID now
+        if sid and self.role == SERVER and assoc.state in (READY, LINKED) and self._by_addr.get(assoc.addr) is assoc:
+            del self._by_addr[assoc.addr]          # the client knows the ID, and its proof (ID 0) is in
         if not sid and self.role == SERVER and ctype == CT_HANDSHAKE and epoch == 0 and addr == assoc.addr:
             fresh = client_hello_random(record)
             if fresh is not None and (assoc.state == FAILED or fresh != assoc.hello_random):
@@ -559,13 +563,34 @@ class SecureEndpoint:
         if sid == 0 and addr != assoc.addr:
             counters["drop_unknown_session"] += 1
             return None
+        if epoch == APPLICATION_EPOCH and ctype == CT_APPLICATION_DATA and assoc.state == HANDSHAKE:
+            if len(assoc.early_datagrams) < EARLY_RECORDS:
+                assoc.early_datagrams.append((bytes(data), addr))
+                counters["early_held"] += 1
+            else:
+                counters["drop_not_established"] += 1
+            return None
         records = split_records(bytes(record))     # a flight's records share datagrams
         if not records:
             counters["drop_malformed"] += 1
             return None
         for rec in records:
             self._feed_handshake(assoc, rec, sid, now)
+        if assoc.keys is not None and assoc.early_datagrams:
+            held, assoc.early_datagrams = assoc.early_datagrams, []
+            for d, a in held:
+                self._open(assoc, d, GUE_HEADER_LEN, a, now, out)
+        self._release_early(assoc, out)
         return assoc
+
+    def _release_early(self, assoc: _Association, out: list[tuple[Session, bytes]]) -> None:
+        """Hand the segments ``assoc`` held to TCP once its proofs are done."""
+        owner = assoc.session
+        if assoc.early_segments and assoc.state == READY and owner is not None \
+                and owner.state == "established":
+            held, assoc.early_segments = assoc.early_segments, []
+            self.counters["segments_in"] += len(held)
+            out.extend((owner, seg) for seg in held)
 
     def _listen(self, record: bytes, addr: Addr, now: float) -> _Association | None:
         """Server: stateless cookie exchange; state (the association returned) only once
@@ -653,12 +678,23 @@ class SecureEndpoint:
         if hs.failure is not None and assoc.state != FAILED:
             self._handshake_failed(assoc, now)
             return
-        if hs.complete and assoc.state == HANDSHAKE:
+        if assoc.state != HANDSHAKE:
+            return
+        if assoc.keys is None and (hs.complete or hs.finished_sent):
             assoc.keys = record_keys(hs.conn, self.role == SERVER)
+        if hs.complete:
             self.counters["handshakes_completed"] += 1
             assoc.state = PROOF
             if self.role == CLIENT:
-                self._send_client_proof(assoc, now)
+                if assoc.proof_deadline is None:
+                    self._send_client_proof(assoc, now)
+                elif assoc.early_proof is not None:
+                    msg, assoc.early_proof = assoc.early_proof, None
+                    self._handle_server_proof(assoc, msg, now)
+        elif hs.finished_sent and self.role == CLIENT and assoc.proof_deadline is None:
+            # The proof (and a bare SYN behind it) leaves with the Finished flight, a
+            # round trip before the server's Finished could be seen (PROTOCOL.md §8.1).
+            self._send_client_proof(assoc, now)
 
     def _handshake_failed(self, assoc: _Association, now: float) -> None:
         failure = assoc.hs.failure
@@ -789,6 +825,9 @@ class SecureEndpoint:
 
     def _handle_server_proof(self, assoc: _Association, msg: bytes, now: float) -> None:
         """Client side (§8.2)."""
+        if assoc.state == HANDSHAKE and assoc.early_proof is None:
+            assoc.early_proof = bytes(msg)      # judged once the server's Finished is in
+            return
         if assoc.state != PROOF:
             return
         _t, prev_id, mac = _PROOF.unpack(msg)
@@ -877,7 +916,7 @@ class SecureEndpoint:
                     self._switch(session, assoc, now)
                     touched = assoc
                 if assoc.state != READY or session is None or session.state != "established":
-                    if assoc.state == PROOF and len(assoc.early_segments) < EARLY_RECORDS:
+                    if assoc.state in (HANDSHAKE, PROOF) and len(assoc.early_segments) < EARLY_RECORDS:
                         assoc.early_segments.append(bytes(pt))   # delivered when the proofs are done
                         counters["early_held"] += 1
                     else:
@@ -887,12 +926,7 @@ class SecureEndpoint:
                 out.append((session, pt))
                 return touched
             self._control(assoc, pt, addr, now)
-            owner = assoc.session
-            if assoc.early_segments and assoc.state == READY and owner is not None \
-                    and owner.state == "established":
-                held, assoc.early_segments = assoc.early_segments, []
-                counters["segments_in"] += len(held)
-                out.extend((owner, seg) for seg in held)
+            self._release_early(assoc, out)
         elif ctype == CT_ALERT and len(pt) == 2:
             self._alert(assoc, pt[0], pt[1], now)
         else:
@@ -929,7 +963,8 @@ class SecureEndpoint:
 
     def _alert(self, assoc: _Association, level: int, desc: int, now: float) -> None:
         session = assoc.session
-        if desc == ALERT_ACCESS_DENIED and assoc.state == PROOF:
+        if desc == ALERT_ACCESS_DENIED and (assoc.state == PROOF or (
+                assoc.state == HANDSHAKE and assoc.proof_deadline is not None)):   # our proof was refused
             self.counters["auth_failures"] += 1
             assoc.state = FAILED
             self._drop_association(assoc)
@@ -1111,7 +1146,7 @@ class SecureEndpoint:
                 continue
             assoc.hs.handle_timer(now)
             self._after_handshake_io(assoc, now)
-            if assoc.state == PROOF and self.role == CLIENT and assoc.proof_deadline is not None \
+            if self.role == CLIENT and assoc.state in (HANDSHAKE, PROOF) and assoc.proof_deadline is not None \
                     and now >= assoc.proof_deadline:
                 self._send_client_proof(assoc, now)
         for session in list(self._sessions):
