@@ -845,3 +845,25 @@ def test_a_server_proof_that_overtakes_the_servers_finished_waits_for_it() -> No
     assert client.datagram_received(held[0], SERVER_ADDR, net.now) == []
     net.deliver()
     assert cs.state == "established" and client.counters["handshake_retransmissions"] == 0
+
+
+def test_a_client_proof_that_overtakes_the_clients_flight_is_opened_once_the_keys_exist() -> None:
+    client, server = secret_endpoints()
+    net = Net(client, server)
+    held: list[bytes] = []
+
+    def hold_finished_flight(way: str, n: int, data: bytes) -> bytes | None:
+        if way == "c2s" and not held and any(r[0] == 20 for r in split_records(data[12:])):
+            held.append(data)             # Certificate..ChangeCipherSpec, Finished
+            return None
+        return data
+
+    net.mangle = hold_finished_flight
+    cs = client.connect(SERVER_ADDR, net.now)
+    net.deliver()
+    assert held and server.counters["early_held"] == 1     # the proof, before any keys
+    net.to_server += server.datagram_received(held[0], CLIENT_ADDR, net.now)
+    net.deliver()
+    assert cs.state == "established" and len(server.sessions()) == 1
+    assert client.counters["handshake_retransmissions"] == server.counters["handshake_retransmissions"] == 0
+    assert server.counters["drop_not_established"] == 0
