@@ -18,8 +18,9 @@ CLIENT_KEY = PrivateKey.generate()
 ADDR = ("192.0.2.1", 40000)
 
 
-def handshake(cipher: bytes | None = None):
-    """Run a full handshake; returns (client Handshake, server Handshake)."""
+def handshake(cipher: bytes | None = None, before_key_exchange=None):
+    """Run a full handshake; returns (client Handshake, server Handshake).
+    ``before_key_exchange(client)`` runs once the server has accepted the cookie."""
     sctx = dtls.make_context(True, SERVER_KEY, lambda p: None if p == CLIENT_KEY.public else "no")
     cctx = dtls.make_context(False, CLIENT_KEY, lambda p: None if p == SERVER_KEY.public else "no")
     if cipher is not None:
@@ -34,6 +35,8 @@ def handshake(cipher: bytes | None = None):
     [hello2] = client.take_output()
     conn, none = dtls.listen(sctx, jar, hello2, ADDR, 0.0)
     assert conn is not None and none == []
+    if before_key_exchange is not None:
+        before_key_exchange(client)
     server = dtls.Handshake(conn, True, 0.0)
     server.step(0.0)
     for _ in range(4):
@@ -214,26 +217,12 @@ def test_an_encrypted_record_is_never_taken_for_a_second_hello_verify_request() 
     """The client gives up an attempt whose server sends a second HelloVerifyRequest with
     another cookie; byte 13 of an encrypted (epoch 1) record is ciphertext, 3 one time
     in 256 with ChaCha20-Poly1305, and once made 0.5 % of clean handshakes start over."""
-    sctx = dtls.make_context(True, SERVER_KEY, lambda p: None)
-    cctx = dtls.make_context(False, CLIENT_KEY, lambda p: None)
-    jar = dtls.CookieJar(os.urandom)
-    client = dtls.Handshake.client(cctx, 0.0)
-    [hello] = client.take_output()
-    _conn, hvr = dtls.listen(sctx, jar, hello, ADDR, 0.0)
-    for rec in hvr:
-        client.feed(rec, 0.0)
-    [hello2] = client.take_output()
-    conn, _none = dtls.listen(sctx, jar, hello2, ADDR, 0.0)
-    body = b"\x03" + os.urandom(60)
-    client.feed(b"\x16\xfe\xfd\x00\x01" + (0).to_bytes(6, "big") + len(body).to_bytes(2, "big") + body, 0.0)
-    assert client.failure is None
-    server = dtls.Handshake(conn, True, 0.0)
-    server.step(0.0)
-    for _ in range(4):
-        for rec in server.take_output():
-            client.feed(rec, 0.0)
-        for rec in client.take_output():
-            server.feed(rec, 0.0)
+    def inject(client: dtls.Handshake) -> None:
+        body = b"\x03" + os.urandom(60)
+        client.feed(b"\x16\xfe\xfd\x00\x01" + (0).to_bytes(6, "big") + len(body).to_bytes(2, "big") + body, 0.0)
+        assert client.failure is None
+
+    client, server = handshake(before_key_exchange=inject)
     assert client.complete and server.complete and client.failure is None
 
 
