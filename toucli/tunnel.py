@@ -743,21 +743,24 @@ class Tunnel:
             rx.clear()
 
         usock = self.usock
+        failed: OSError | None = None
         try:
             usock.receive(handle, RECV_CALLS_PER_WAKEUP)
         except OSError as exc:
-            if exc.errno in PEER_UNREACHABLE:
-                # The socket reports the ICMP error before the datagrams already queued
-                # (the peer's RST or closing alert): those go first and say why it ended.
-                try:
-                    usock.receive(handle, RECV_CALLS_PER_WAKEUP)
-                except OSError:
-                    pass
-                counts.clear()
-                self._service(now)
-            self._udp_failed(exc)
+            if exc.errno not in PEER_UNREACHABLE:
+                raise
+            # The socket reports the ICMP error before the datagrams already queued
+            # (the peer's RST or closing alert): those go first and say why it ended.
+            failed = exc
+            try:
+                usock.receive(handle, RECV_CALLS_PER_WAKEUP)
+            except OSError:
+                pass
         counts.clear()
         self._service(now)
+        if failed is not None:
+            self._udp_failed(failed)
+            self._service(now)
         if self._poller is not None:          # adaptive polling: is this bulk traffic?
             self._poller.note_traffic(usock.fileno(), usock.datagrams_in + usock.datagrams_out,
                                       usock.bytes_in + usock.bytes_out)
