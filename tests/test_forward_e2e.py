@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,9 +61,9 @@ def wait_bound(port: int, proc: subprocess.Popen | None, tcp: bool, timeout: flo
     raise AssertionError(f"nothing listens on {'TCP' if tcp else 'UDP'} port {port}")
 
 
-def tou(*args: str, env: dict | None = None) -> subprocess.Popen:
+def tou(*args: str, env: dict | None = None, stderr: Any = subprocess.PIPE) -> subprocess.Popen:
     return subprocess.Popen([*TOU, *args], cwd=ROOT, env=env or ENV, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=stderr)
 
 
 def stop(p: subprocess.Popen, timeout: float = 15) -> tuple[int, str]:
@@ -84,9 +85,9 @@ def server(procs, *args: str, port: int | None = None, env: dict | None = None,
 
 
 def client(procs, udp_port: int, *args: str, wait_tcp: tuple[int, ...] = (), env: dict | None = None,
-           secure: bool = False) -> subprocess.Popen:
+           secure: bool = False, **kw) -> subprocess.Popen:
     auth = () if secure else ("--insecure",)
-    p = tou("forward", f"127.0.0.1:{udp_port}", *auth, *args, env=env)
+    p = tou("forward", f"127.0.0.1:{udp_port}", *auth, *args, env=env, **kw)
     procs.append(p)
     for port in wait_tcp:
         wait_bound(port, p, tcp=True)
