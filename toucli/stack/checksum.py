@@ -25,11 +25,13 @@ layouts also reduce to ``addresses + 6 + length``; only the addresses differ.
 
 from __future__ import annotations
 
+from typing import Final
+
 import struct
 
-PROTO_TCP = 6
+PROTO_TCP: Final = 6
 
-_M = 0xFFFF
+_M: Final = 0xFFFF
 _PSEUDO_V4 = struct.Struct("!4s4sBBH")
 _PSEUDO_V6 = struct.Struct("!16s16sI3xB")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from bisect import bisect_right, insort
 from collections import deque
-from typing import Callable, Hashable
+from typing import Final, Callable, Hashable
 
 from . import cc as _cc
 from .cc.hystart import HyStart
@@ -39,13 +39,13 @@ from .streambuf import StreamBuffer
 from .tcp import HEADER_LEN as TCP_HEADER_LEN, header_length
 
 
-DUP_THRESH = 3                  # RFC 6675 §2 / RFC 5681 §3.2
-SACK_COMPRESS_MAX = 44          # out-of-order segments one compressed ACK may answer (Linux tcp_comp_sack_nr)
-SACK_COMPRESS_DELAY = 0.001     # ... and how long it may wait at most: min(this, RTT / 20) (tcp_comp_sack_delay_ns)
-QUICKACK_SEGMENTS = 16          # ACK every segment at the start (receiver's slow-start helper)
-TS_VALID_FOR = 24 * 86400.0     # RFC 7323 §5.5: TS.Recent goes stale after 24 days idle
-MAX_WSCALE = 14                 # RFC 7323 §2.3
-TCP_DEFAULT_MSS = 536           # RFC 9293 §3.7.1: assumed when the peer sends no MSS option
+DUP_THRESH: Final = 3                  # RFC 6675 §2 / RFC 5681 §3.2
+SACK_COMPRESS_MAX: Final = 44          # out-of-order segments one compressed ACK may answer (Linux tcp_comp_sack_nr)
+SACK_COMPRESS_DELAY: Final = 0.001     # ... and how long it may wait at most: min(this, RTT / 20) (tcp_comp_sack_delay_ns)
+QUICKACK_SEGMENTS: Final = 16          # ACK every segment at the start (receiver's slow-start helper)
+TS_VALID_FOR: Final = 24 * 86400.0     # RFC 7323 §5.5: TS.Recent goes stale after 24 days idle
+MAX_WSCALE: Final = 14                 # RFC 7323 §2.3
+TCP_DEFAULT_MSS: Final = 536           # RFC 9293 §3.7.1: assumed when the peer sends no MSS option
 
 
 class State(enum.IntEnum):
@@ -64,15 +64,15 @@ class State(enum.IntEnum):
     TIME_WAIT = 10
 
 
-_ESTABLISHED = State.ESTABLISHED
-_PREDICTABLE = SYN | FIN | RST | 0x20 | ACK   # URG is 0x20; header prediction wants only ACK of these
-_SYNCHRONIZED = frozenset(
+_ESTABLISHED: Final = State.ESTABLISHED
+_PREDICTABLE: Final = SYN | FIN | RST | 0x20 | ACK   # URG is 0x20; header prediction wants only ACK of these
+_SYNCHRONIZED: Final = frozenset(
     {State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT,
      State.CLOSING, State.LAST_ACK, State.TIME_WAIT}
 )
-_RECEIVES_DATA = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
-_CAN_SEND = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})
-_FIN_SENT = frozenset({State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING, State.LAST_ACK, State.TIME_WAIT})
+_RECEIVES_DATA: Final = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
+_CAN_SEND: Final = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})
+_FIN_SENT: Final = frozenset({State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING, State.LAST_ACK, State.TIME_WAIT})
 
 
 def _wscale_for(buffer: int) -> int:

@@ -37,7 +37,7 @@ import hashlib
 import heapq
 import hmac
 from collections import deque
-from typing import Callable, Hashable
+from typing import Final, Callable, Hashable
 
 from .config import ConnectionConfig
 from .connection import Connection, State
@@ -47,10 +47,10 @@ from .rtt import RttEstimator
 from .segment import ACK, RST, SYN, Segment
 from .seq import MASK, seq_gt
 
-ISN_TICK = 250_000   # RFC 6528 §3: M is a timer that ticks every 4 microseconds
-TFO_COOKIE_LEN = 8   # RFC 7413 §4.1.2 recommends 8 bytes
-TFO_CACHE_SIZE = 4096   # peers whose cookie a client remembers
-PATH_CACHE_SIZE = 4096  # peers whose RTT the endpoint remembers
+ISN_TICK: Final = 250_000   # RFC 6528 §3: M is a timer that ticks every 4 microseconds
+TFO_COOKIE_LEN: Final = 8   # RFC 7413 §4.1.2 recommends 8 bytes
+TFO_CACHE_SIZE: Final = 4096   # peers whose cookie a client remembers
+PATH_CACHE_SIZE: Final = 4096  # peers whose RTT the endpoint remembers
 
 
 class Endpoint:

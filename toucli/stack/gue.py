@@ -21,19 +21,19 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import Mapping, NamedTuple
+from typing import Final, Mapping, NamedTuple
 
 from .errors import LocalError
 
-GUE_PORT = 6080
-PROTO_TCP = 6
-PROTO_NONE = 59          # "no next header": hides the transport (GUE-09 §3.2.1)
+GUE_PORT: Final = 6080
+PROTO_TCP: Final = 6
+PROTO_NONE: Final = 59          # "no next header": hides the transport (GUE-09 §3.2.1)
 
-FLAG_T = 0x0400          # payload transform field follows (TOU-WIRE §1.3, §7 #1)
-TRANSFORM_DTLS = 1       # transform Type registry: 1 = DTLS (TOU-WIRE §2)
-FLAG_SESSION_ID = 0x0002  # tou session ID, 32 bits (encrypted profile only; docs/PROTOCOL.md §5.1)
+FLAG_T: Final = 0x0400          # payload transform field follows (TOU-WIRE §1.3, §7 #1)
+TRANSFORM_DTLS: Final = 1       # transform Type registry: 1 = DTLS (TOU-WIRE §2)
+FLAG_SESSION_ID: Final = 0x0002  # tou session ID, 32 bits (encrypted profile only; docs/PROTOCOL.md §5.1)
 
-BASE_LEN = 4
+BASE_LEN: Final = 4
 MAX_HEADER_LEN = BASE_LEN + 4 * 0x1F
 
 # Known extension fields, in wire order: (flag mask, field size in bytes).
@@ -158,7 +158,7 @@ def parse_header(data: bytes | bytearray | memoryview, offset: int = 0) -> GueHe
 
 # --- encoders ---------------------------------------------------------------
 
-PLAIN_HEADER_LEN = BASE_LEN
+PLAIN_HEADER_LEN: Final = BASE_LEN
 
 
 def pack_plain_into(buf: bytearray | memoryview, offset: int = 0) -> int:

@@ -29,11 +29,13 @@ with one quantum, so an interactive write goes out at once.
 
 from __future__ import annotations
 
-QUANTUM_TIME = 0.001     # seconds of data per release (Linux: sk_pacing_shift 10, ~1 ms)
-MIN_SEGMENTS = 4         # never fewer than four segments per release (two cost ~10-30 % goodput at high loss in netsim)
-LATE_CREDIT = 8          # quanta a late wake-up may catch up (covers the 99th percentile above)
-LATE_CREDIT_BYTES = 128 << 10   # ... but never more bytes at once than this (fast paths: about one quantum)
-MAX_SEGMENTS = 44        # nor more than ~64 KB (Linux caps a TSO burst there); fewer cost 5-15 % in bench/engine.py
+from typing import Final
+
+QUANTUM_TIME: Final = 0.001     # seconds of data per release (Linux: sk_pacing_shift 10, ~1 ms)
+MIN_SEGMENTS: Final = 4         # never fewer than four segments per release (two cost ~10-30 % goodput at high loss in netsim)
+LATE_CREDIT: Final = 8          # quanta a late wake-up may catch up (covers the 99th percentile above)
+LATE_CREDIT_BYTES: Final = 128 << 10   # ... but never more bytes at once than this (fast paths: about one quantum)
+MAX_SEGMENTS: Final = 44        # nor more than ~64 KB (Linux caps a TSO burst there); fewer cost 5-15 % in bench/engine.py
 
 
 class Pacer:

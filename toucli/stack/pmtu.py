@@ -35,16 +35,18 @@ Driving it::
 
 from __future__ import annotations
 
+from typing import Final
+
 import enum
 
-BASE_PLPMTU_V4 = 1200        # RFC 8899 §5.1.2 recommends 1200 bytes for IPv4 and IPv6
-BASE_PLPMTU_V6 = 1280 - 48   # IPv6 minimum MTU 1280 minus IPv6 (40) and UDP (8) headers
-MIN_PLPMTU = 548             # used in ERROR: 576-byte IPv4 datagram minus IP and UDP headers
-MAX_PROBES = 3               # RFC 8899 §5.1.2
-PROBE_TIMEOUT = 15.0         # RFC 8899 §5.1.1 PROBE_TIMER: longer than any probe's answer
-RAISE_INTERVAL = 600.0       # RFC 8899 §5.1.1 PMTU_RAISE_TIMER
-BLACK_HOLE_LOSSES = 6        # consecutive full-size losses with no full-size delivery
-GRANULARITY = 16             # stop searching when the bounds are this close
+BASE_PLPMTU_V4: Final = 1200        # RFC 8899 §5.1.2 recommends 1200 bytes for IPv4 and IPv6
+BASE_PLPMTU_V6: Final = 1280 - 48   # IPv6 minimum MTU 1280 minus IPv6 (40) and UDP (8) headers
+MIN_PLPMTU: Final = 548             # used in ERROR: 576-byte IPv4 datagram minus IP and UDP headers
+MAX_PROBES: Final = 3               # RFC 8899 §5.1.2
+PROBE_TIMEOUT: Final = 15.0         # RFC 8899 §5.1.1 PROBE_TIMER: longer than any probe's answer
+RAISE_INTERVAL: Final = 600.0       # RFC 8899 §5.1.1 PMTU_RAISE_TIMER
+BLACK_HOLE_LOSSES: Final = 6        # consecutive full-size losses with no full-size delivery
+GRANULARITY: Final = 16             # stop searching when the bounds are this close
 
 
 class PmtuState(enum.Enum):

@@ -20,11 +20,13 @@ the decisions that are pure arithmetic:
 
 from __future__ import annotations
 
-DUP_THRESH = 3              # RFC 8985 §6.2 step 4 uses RFC 6675's DupThresh
-REO_WND_PERSIST = 16        # RFC 8985 §6.2 step 4: recoveries a raised window lasts
-WCDELACKT = 0.2             # RFC 8985 §7.2: worst-case delayed-ACK timer of the peer
-PTO_MIN = 0.010             # floor on the PTO, so a sub-ms RTT does not probe a delayed ACK
-PTO_SLACK = 0.002           # added to 2*SRTT (Linux: TCP_TIMEOUT_MIN) so an ACK due at 2*SRTT wins
+from typing import Final
+
+DUP_THRESH: Final = 3              # RFC 8985 §6.2 step 4 uses RFC 6675's DupThresh
+REO_WND_PERSIST: Final = 16        # RFC 8985 §6.2 step 4: recoveries a raised window lasts
+WCDELACKT: Final = 0.2             # RFC 8985 §7.2: worst-case delayed-ACK timer of the peer
+PTO_MIN: Final = 0.010             # floor on the PTO, so a sub-ms RTT does not probe a delayed ACK
+PTO_SLACK: Final = 0.002           # added to 2*SRTT (Linux: TCP_TIMEOUT_MIN) so an ACK due at 2*SRTT wins
 
 
 def sent_after(t1: float, seq1: int, t2: float, seq2: int) -> bool:

@@ -30,18 +30,20 @@ minimum between 300 s and 330 s after it was taken.
 
 from __future__ import annotations
 
+from typing import Final
+
 from .errors import LocalError
 
-ALPHA = 1.0 / 8.0   # RFC 6298 §2.3
-BETA = 1.0 / 4.0    # RFC 6298 §2.3
-K = 4.0             # RFC 6298 §2.2
+ALPHA: Final = 1.0 / 8.0   # RFC 6298 §2.3
+BETA: Final = 1.0 / 4.0    # RFC 6298 §2.3
+K: Final = 4.0             # RFC 6298 §2.2
 
-MIN_RTT_WINDOW = 300.0   # seconds of samples the min_rtt filter remembers
-MIN_RTT_BUCKETS = 10     # buckets of MIN_RTT_WINDOW / MIN_RTT_BUCKETS seconds each
+MIN_RTT_WINDOW: Final = 300.0   # seconds of samples the min_rtt filter remembers
+MIN_RTT_BUCKETS: Final = 10     # buckets of MIN_RTT_WINDOW / MIN_RTT_BUCKETS seconds each
 
-SYN_FALLBACK_RTO = 3.0   # RFC 6298 §5.7
+SYN_FALLBACK_RTO: Final = 3.0   # RFC 6298 §5.7
 
-_MAX_SHIFT = 62          # caps 2**backoffs; the clamp to max_rto applies long before
+_MAX_SHIFT: Final = 62          # caps 2**backoffs; the clamp to max_rto applies long before
 
 
 class RttEstimator:

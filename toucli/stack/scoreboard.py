@@ -20,14 +20,16 @@ retransmitted (RFC 6675 §4 "IsLost" / RFC 8985 §6.2 "Segment.lost").
 
 from __future__ import annotations
 
+from typing import Final
+
 from bisect import bisect_left, bisect_right
 
 from .rangeset import RangeSet
 
-RETRANSMITTED = 1    # sent more than once (RFC 8985 "Segment.retransmitted")
-APP_LIMITED = 2      # sent while the application limited the sender (P.is_app_limited)
+RETRANSMITTED: Final = 1    # sent more than once (RFC 8985 "Segment.retransmitted")
+APP_LIMITED: Final = 2      # sent while the application limited the sender (P.is_app_limited)
 
-_COMPACT_AT = 4096   # head index at which dead records are dropped
+_COMPACT_AT: Final = 4096   # head index at which dead records are dropped
 
 
 class Ranges(RangeSet):

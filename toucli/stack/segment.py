@@ -10,14 +10,16 @@ travels on the wire (unscaled).
 
 from __future__ import annotations
 
-FIN = 0x01
-SYN = 0x02
-RST = 0x04
-PSH = 0x08
-ACK = 0x10
-URG = 0x20
-ECE = 0x40
-CWR = 0x80
+from typing import Final
+
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+PSH: Final = 0x08
+ACK: Final = 0x10
+URG: Final = 0x20
+ECE: Final = 0x40
+CWR: Final = 0x80
 
 Buffer = bytes | bytearray | memoryview   # a payload: bytes, or a view of bytes nobody changes
 

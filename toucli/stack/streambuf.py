@@ -17,13 +17,15 @@ an offset. Copies happen only where bytes leave: a segment's payload, a read.
 
 from __future__ import annotations
 
+from typing import Final
+
 from bisect import bisect_right
 
 from .segment import Buffer
 
-PACK_BELOW = 2048       # appends shorter than this are copied into a packing chunk ...
-PACK_CHUNK = 64 << 10   # ... which takes them until it holds this many bytes
-_COMPACT_AT = 64        # chunks consumed before the lists drop them
+PACK_BELOW: Final = 2048       # appends shorter than this are copied into a packing chunk ...
+PACK_CHUNK: Final = 64 << 10   # ... which takes them until it holds this many bytes
+_COMPACT_AT: Final = 64        # chunks consumed before the lists drop them
 
 
 class StreamBuffer:

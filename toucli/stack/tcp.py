@@ -27,6 +27,8 @@ Decoding never raises: it returns a :class:`TcpDrop` reason instead.
 
 from __future__ import annotations
 
+from typing import Final
+
 import struct
 from enum import IntEnum
 
@@ -34,33 +36,33 @@ from .checksum import PROTO_TCP, tcp_checksum_ok
 from .errors import LocalError
 from .segment import Segment
 
-HEADER_LEN = 20
-MAX_OPTIONS_LEN = 40
+HEADER_LEN: Final = 20
+MAX_OPTIONS_LEN: Final = 40
 
-OPT_EOL = 0
-OPT_NOP = 1
-OPT_MSS = 2
-OPT_WSCALE = 3
-OPT_SACK_PERM = 4
-OPT_SACK = 5
-OPT_TIMESTAMP = 8
-OPT_TFO = 34
+OPT_EOL: Final = 0
+OPT_NOP: Final = 1
+OPT_MSS: Final = 2
+OPT_WSCALE: Final = 3
+OPT_SACK_PERM: Final = 4
+OPT_SACK: Final = 5
+OPT_TIMESTAMP: Final = 8
+OPT_TFO: Final = 34
 
-TFO_COOKIE_MIN = 4   # RFC 7413 §4.1.1
-TFO_COOKIE_MAX = 16
+TFO_COOKIE_MIN: Final = 4   # RFC 7413 §4.1.1
+TFO_COOKIE_MAX: Final = 16
 
-_HDR = struct.Struct("!HHIIBBHHH")
-_U16 = struct.Struct("!H")
-_TS_VALUES = struct.Struct("!II")
-_MSS_OPT = struct.Struct("!BBH")
-_TS_OPT = struct.Struct("!BBBBII")          # NOP NOP 8 10 or 4 2 8 10, tsval, tsecr
-_WS_OPT = struct.Struct("!BBBB")            # NOP 3 3 shift
+_HDR: Final = struct.Struct("!HHIIBBHHH")
+_U16: Final = struct.Struct("!H")
+_TS_VALUES: Final = struct.Struct("!II")
+_MSS_OPT: Final = struct.Struct("!BBH")
+_TS_OPT: Final = struct.Struct("!BBBBII")          # NOP NOP 8 10 or 4 2 8 10, tsval, tsecr
+_WS_OPT: Final = struct.Struct("!BBBB")            # NOP 3 3 shift
 _SACK_BLOCKS = [struct.Struct(f"!{2 * k}I") for k in range(5)]
 
 _TS_ONLY_PREFIX = b"\x01\x01\x08\x0a"
-_TS_ONLY_RESIDUE = 0x0101 + 0x080A          # word sum of that prefix
+_TS_ONLY_RESIDUE: Final = 0x0101 + 0x080A          # word sum of that prefix
 _SACK_PERM_NOPS = b"\x01\x01\x04\x02"
-_M = 0xFFFF
+_M: Final = 0xFFFF
 
 
 class TcpDrop(IntEnum):

@@ -36,14 +36,14 @@ connection application-limited for rate sampling, BBR's PROBE_RTT).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Final, Any
 
 from ..errors import LocalError
 from .hystart import HyStart
 
-INITIAL_SSTHRESH = 2 ** 31        # "arbitrarily high" (RFC 5681 §3.1)
-MAX_CWND = 2 ** 30                # sanity cap on window growth (1 GiB)
-ABC_LIMIT = 2                     # RFC 3465 §2.2: L = 2*SMSS in slow start
+INITIAL_SSTHRESH: Final = 2 ** 31        # "arbitrarily high" (RFC 5681 §3.1)
+MAX_CWND: Final = 2 ** 30                # sanity cap on window growth (1 GiB)
+ABC_LIMIT: Final = 2                     # RFC 3465 §2.2: L = 2*SMSS in slow start
 
 
 def rfc6928_initial_window(mss: int) -> int:

@@ -42,29 +42,29 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from typing import Any
+from typing import Final, Any
 
 from ..pacer import MAX_SEGMENTS, MIN_SEGMENTS, QUANTUM_TIME
 from .base import INITIAL_SSTHRESH, MAX_CWND, CongestionControl
 
-STARTUP = "STARTUP"
-DRAIN = "DRAIN"
-PROBE_BW = "PROBE_BW"
-PROBE_RTT = "PROBE_RTT"
+STARTUP: Final = "STARTUP"
+DRAIN: Final = "DRAIN"
+PROBE_BW: Final = "PROBE_BW"
+PROBE_RTT: Final = "PROBE_RTT"
 
-HIGH_GAIN = 2.0 / math.log(2.0)            # §4.3.2.1: 2/ln 2 ~ 2.885
-DRAIN_GAIN = 1.0 / HIGH_GAIN               # §4.3.3
-CWND_GAIN = 2.0                            # §4.3.4
-STARTUP_CWND_GAIN = 2.0                    # BBRv3 (draft-cardwell-iccrg-bbr-congestion-control-02 §5.3.1.1)
+HIGH_GAIN: Final = 2.0 / math.log(2.0)            # §4.3.2.1: 2/ln 2 ~ 2.885
+DRAIN_GAIN: Final = 1.0 / HIGH_GAIN               # §4.3.3
+CWND_GAIN: Final = 2.0                            # §4.3.4
+STARTUP_CWND_GAIN: Final = 2.0                    # BBRv3 (draft-cardwell-iccrg-bbr-congestion-control-02 §5.3.1.1)
 PACING_GAIN_CYCLE = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)   # §4.3.4.3
-BTLBW_FILTER_LEN = 10                      # rounds (§4.1.1)
-RTPROP_FILTER_LEN = 10.0                   # seconds (§4.1.2)
-PROBE_RTT_DURATION = 0.200                 # seconds (§4.3.5)
-MIN_PIPE_CWND_SEGMENTS = 4                 # §4.2.3.3
-FULL_BW_THRESH = 1.25                      # §4.3.2.2
-FULL_BW_COUNT = 3
-PACING_MARGIN = 0.01                       # pace 1 % below the estimate (Linux bbr_pacing_margin_percent)
-QUEUE_RTT_FLOOR = 0.002                    # RTT above RTprop by this much (or a quarter of it) is a standing queue
+BTLBW_FILTER_LEN: Final = 10                      # rounds (§4.1.1)
+RTPROP_FILTER_LEN: Final = 10.0                   # seconds (§4.1.2)
+PROBE_RTT_DURATION: Final = 0.200                 # seconds (§4.3.5)
+MIN_PIPE_CWND_SEGMENTS: Final = 4                 # §4.2.3.3
+FULL_BW_THRESH: Final = 1.25                      # §4.3.2.2
+FULL_BW_COUNT: Final = 3
+PACING_MARGIN: Final = 0.01                       # pace 1 % below the estimate (Linux bbr_pacing_margin_percent)
+QUEUE_RTT_FLOOR: Final = 0.002                    # RTT above RTprop by this much (or a quarter of it) is a standing queue
 
 
 class WindowedMax:

@@ -36,12 +36,12 @@ last value given is kept for ACKs that carry none.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Final, Any
 
 from .base import MAX_CWND, CongestionControl
 
-C = 0.4                                   # RFC 9438 §5 (segments / s^3)
-BETA = 0.7                                # RFC 9438 §4.6
+C: Final = 0.4                                   # RFC 9438 §5 (segments / s^3)
+BETA: Final = 0.7                                # RFC 9438 §4.6
 ALPHA = 3.0 * (1.0 - BETA) / (1.0 + BETA)  # RFC 9438 §4.3
 
 

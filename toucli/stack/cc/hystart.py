@@ -18,14 +18,16 @@ slow start after a timeout; its ssthresh already bounds that one).
 
 from __future__ import annotations
 
-MIN_RTT_THRESH = 0.004      # RFC 9406 §4.3
-MAX_RTT_THRESH = 0.016
-MIN_RTT_DIVISOR = 8
-N_RTT_SAMPLE = 8
-CSS_GROWTH_DIVISOR = 4
-CSS_ROUNDS = 5
+from typing import Final
 
-_INF = float("inf")
+MIN_RTT_THRESH: Final = 0.004      # RFC 9406 §4.3
+MAX_RTT_THRESH: Final = 0.016
+MIN_RTT_DIVISOR: Final = 8
+N_RTT_SAMPLE: Final = 8
+CSS_GROWTH_DIVISOR: Final = 4
+CSS_ROUNDS: Final = 5
+
+_INF: Final = float("inf")
 
 
 class HyStart:
