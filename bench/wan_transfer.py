@@ -48,6 +48,7 @@ from harness import BENCH, PY, Procs, machine  # noqa: E402
 from wanlink import B_ADDR, WanPath  # noqa: E402
 
 RATE = 100e6
+MARKS = (0.001, 0.01, 0.1, 0.25, 0.5, 0.9, 0.99, 1.0)   # --marks: when these shares of the file were written
 PORT = 9000
 CONTENDERS = {"tou": "tou (BBR)", "bbr": "kernel BBR", "cubic": "kernel CUBIC", "tou-cubic": "tou --cc cubic",
               "tou-nopoll": "tou --busy-poll 0"}
@@ -140,11 +141,14 @@ def run_one(path: WanPath, who: str, nbytes: int, expect: str, out: Path, cap: f
         segs = after.get("TcpOutSegs", 0) - before.get("TcpOutSegs", 0)
         again = after.get("TcpRetransSegs", 0) - before.get("TcpRetransSegs", 0)
         retx = again / segs if segs else None
+    marks = {share: next((t - t0 for t, n in sampler.samples if n - base >= share * nbytes), None)
+             for share in MARKS}
     first = next((t for t, n in sampler.samples if n > base), None)
     last = next((t for t, n in sampler.samples if n >= base + nbytes), None)
     return {"mbps": nbytes * 8 / (t1 - t0) / 1e6, "steady": sampler.steady_mbps(nbytes), "retrans": retx,
             "cpu_per_gb": ((sp.cpu or 0) + (rp.cpu or 0)) / (nbytes / 1e9), "seconds": t1 - t0,
-            "first_byte": None if first is None else first - t0, "after_last": None if last is None else t1 - last}
+            "first_byte": None if first is None else first - t0, "after_last": None if last is None else t1 - last,
+            "marks": marks}
 
 
 def main() -> int:
@@ -158,6 +162,9 @@ def main() -> int:
                     help="stop a run after this many seconds and count what arrived (CUBIC at 2 %% loss "
                          "moves about 1 Mbit/s: 60 MB would take 8 minutes)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--marks", action="store_true",
+                    help="also print, per run, the seconds from the sender's start at which 0.1 %%, 1 %%, "
+                         "10 %%, 25 %%, 50 %%, 90 %%, 99 %% and all of the file had been written")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("wan_transfer.py needs root (network namespaces, TUN devices)")
@@ -190,6 +197,9 @@ def main() -> int:
                                 f"; first byte {res['first_byte'] or 0:.2f} s, exit {res['after_last'] or 0:.2f} s "
                                 f"after the last"))
                     print(f"  jitter {jitter:g} ms round {r + 1} {CONTENDERS.get(w, w):14s} {shown}", flush=True)
+                    if a.marks and res.get("marks"):
+                        print("    written by: " + ", ".join(
+                            f"{100 * k:g} % {v:.2f} s" for k, v in res["marks"].items() if v is not None), flush=True)
     finally:
         for f in work.iterdir():
             f.unlink()
