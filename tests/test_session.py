@@ -112,6 +112,48 @@ def test_a_client_hello_flood_keeps_no_state_and_makes_no_openssl_object(monkeyp
     assert server.counters["handshakes_started"] == 1
 
 
+def test_a_lost_hello_verify_request_costs_one_client_hello_timer_and_no_more() -> None:
+    """The first HelloVerifyRequest is lost and the client's resend is answered after
+    more than a second of real time, so OpenSSL's own (wall-clock) timer has run out and
+    it resends its ClientHello before writing the one with the cookie. The stale copy is
+    not sent ahead of it (the server would answer it with another HelloVerifyRequest, each
+    time), and the server numbers its ServerHello from that ClientHello's record number
+    (RFC 6347 §4.2.1), above the second HelloVerifyRequest the client's replay window has
+    seen. The handshake completes within the resend's round trip: one resend, two
+    HelloVerifyRequests."""
+    import time
+    client, server = secret_endpoints()
+    net = Net(client, server)
+    net.mangle = lambda way, n, data: None if (way, n) == ("s2c", 1) else data
+    client.connect(SERVER_ADDR, 0.0)
+    net.deliver()
+    time.sleep(1.1)                           # OpenSSL's timer is real time, not Net's
+    net.advance(1.5)
+    assert [type(e).__name__ for e in net.client_events] == ["SessionEstablished"]
+    assert client.counters["handshake_retransmissions"] == 1
+    assert server.counters["hello_verify_sent"] == 2 and server.counters["handshakes_started"] == 1
+    hellos = [d for way, d, _ in net.sent if way == "c2s"
+              and any(r[0] == 22 and r[3:5] == b"\0\0" and r[13] == 1 for r in split_records(d[12:]))]
+    assert [len(split_records(d[12:])) for d in hellos] == [1, 1, 1]
+
+
+def test_the_newest_client_hello_of_a_datagram_is_answered() -> None:
+    """A datagram with a stale ClientHello (no cookie) ahead of the one with the cookie,
+    as another DTLS stack may send after a HelloVerifyRequest: the server answers the
+    last one with its flight, not the first with another HelloVerifyRequest."""
+    client, server = secret_endpoints()
+    client.connect(SERVER_ADDR, 0.0)
+    [(first, _)] = client.datagrams_to_send(0.0)
+    server.datagram_received(first, CLIENT_ADDR, 0.0)
+    [(hvr, _)] = server.datagrams_to_send(0.0)
+    client.datagram_received(hvr, SERVER_ADDR, 0.1)
+    [(second, _)] = client.datagrams_to_send(0.1)
+    assert server.datagram_received(second[:12] + first[12:] + second[12:], CLIENT_ADDR, 0.2) == []
+    replies = server.datagrams_to_send(0.2)
+    assert [r[13] for d, _ in replies for r in split_records(d[12:])][:1] == [2]     # ServerHello
+    assert server.counters["hello_verify_sent"] == 1 and server.counters["handshakes_started"] == 1
+
+
 def test_a_handshake_record_that_is_no_client_hello_is_malformed() -> None:
     client, server = key_pair_endpoints()
     garbage = gue_prefix(0) + bytes.fromhex("16fefd 0000 000000000007 0010") + bytes(16)

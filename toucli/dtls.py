@@ -296,7 +296,7 @@ class Handshake:
     """
 
     def __init__(self, conn: SSL.Connection, server: bool, now: float, policy: PeerPolicy | None = None,
-                 rto: float = RTO_INITIAL, rto_max: float = RTO_MAX) -> None:
+                 rto: float = RTO_INITIAL, rto_max: float = RTO_MAX, first_seq: int | None = None) -> None:
         self.conn = conn
         self.server = server
         self.policy = policy
@@ -322,7 +322,11 @@ class Handshake:
         self._seen: set[bytes] = set()
         self._final_flight = False
         self._peer_alert: int | None = None
+        # Next epoch-0 record number (see _send). A server starts at its ClientHello's
+        # (RFC 6347 §4.2.1): above every HelloVerifyRequest it sent, which echo the numbers
+        # of earlier ClientHellos, so the client's replay window does not drop the ServerHello.
         self._seq0: int | None = None
+        self._seq_floor = first_seq or 0
         self._peer_seq0 = 0                  # highest epoch-0 record number taken from the peer
         self._cookie: bytes | None = None    # client: the first HelloVerifyRequest's body
         self.damaged = 0                     # records dropped as damaged (epoch-0 number far ahead)
@@ -420,6 +424,16 @@ class Handshake:
 
     def _collect(self, now: float, after_complete: bool = False) -> None:
         records = split_records(_drain(self.conn))
+        if records and self.flight:
+            # OpenSSL keeps a timer of its own (real time, 1 s): when it has expired by the
+            # time the peer's answer is read, OpenSSL first resends the current flight and
+            # then writes the next one. The stale copy goes nowhere: ahead of a ClientHello
+            # with the cookie it would be answered with another HelloVerifyRequest, every
+            # time. A drain that is only a repeat (an answer to the peer's resend) stays.
+            sent = {rec[11:] for rec in self.flight}
+            fresh = [rec for rec in records if rec[11:] not in sent]
+            if fresh and len(fresh) < len(records):
+                records = fresh
         if records:
             if not self.server and records[-1][3:5] == b"\0\x01":
                 self.finished_sent = True
@@ -461,7 +475,7 @@ class Handshake:
         for rec in records:
             if rec[3:5] == b"\x00\x00":
                 if self._seq0 is None:
-                    self._seq0 = int.from_bytes(rec[5:11], "big")
+                    self._seq0 = max(int.from_bytes(rec[5:11], "big"), self._seq_floor)
                 rec = rec[:5] + self._seq0.to_bytes(6, "big") + rec[11:]
                 self._seq0 += 1
             self.outbox.append(rec)

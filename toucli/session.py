@@ -594,8 +594,11 @@ class SecureEndpoint:
 
     def _listen(self, record: bytes, addr: Addr, now: float) -> _Association | None:
         """Server: stateless cookie exchange; state (the association returned) only once
-        the cookie verifies."""
-        conn, reply = listen(self._ctx, self._cookies, bytes(record), addr, now)
+        the cookie verifies. Of several records in the datagram, the last is the client's
+        newest ClientHello (a stale one may travel ahead of it)."""
+        records = split_records(bytes(record))
+        hello = records[-1] if records else bytes(record)
+        conn, reply = listen(self._ctx, self._cookies, hello, addr, now)
         if conn is None:
             if not reply:                  # not a ClientHello (dtls.hello_cookie)
                 self.counters["drop_malformed"] += 1
@@ -604,9 +607,9 @@ class SecureEndpoint:
                 self.counters["hello_verify_sent"] += 1
             return None
         hs = Handshake(conn, True, now, rto=self.config.handshake_rto,
-                       rto_max=self.config.handshake_rto_max)
+                       rto_max=self.config.handshake_rto_max, first_seq=int.from_bytes(hello[5:11], "big"))
         assoc = _Association(hs, addr, now, self._new_id())
-        assoc.hello_random = client_hello_random(record)
+        assoc.hello_random = client_hello_random(hello)
         self._by_id[assoc.id] = assoc
         self._by_addr[addr] = assoc
         self.counters["handshakes_started"] += 1
