@@ -325,8 +325,7 @@ class Handshake:
         # Next epoch-0 record number (see _send). A server starts at its ClientHello's
         # (RFC 6347 §4.2.1): above every HelloVerifyRequest it sent, which echo the numbers
         # of earlier ClientHellos, so the client's replay window does not drop the ServerHello.
-        self._seq0: int | None = None
-        self._seq_floor = first_seq or 0
+        self._seq0: int | None = first_seq
         self._peer_seq0 = 0                  # highest epoch-0 record number taken from the peer
         self._cookie: bytes | None = None    # client: the first HelloVerifyRequest's body
         self.damaged = 0                     # records dropped as damaged (epoch-0 number far ahead)
@@ -475,7 +474,7 @@ class Handshake:
         for rec in records:
             if rec[3:5] == b"\x00\x00":
                 if self._seq0 is None:
-                    self._seq0 = max(int.from_bytes(rec[5:11], "big"), self._seq_floor)
+                    self._seq0 = int.from_bytes(rec[5:11], "big")
                 rec = rec[:5] + self._seq0.to_bytes(6, "big") + rec[11:]
                 self._seq0 += 1
             self.outbox.append(rec)
