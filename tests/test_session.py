@@ -112,6 +112,18 @@ def test_a_client_hello_flood_keeps_no_state_and_makes_no_openssl_object(monkeyp
     assert server.counters["handshakes_started"] == 1
 
 
+def _client_hellos(client: SecureEndpoint, server: SecureEndpoint) -> tuple[bytes, bytes]:
+    """The client's first ClientHello datagram and, once the server's HelloVerifyRequest
+    is in, the one with the cookie (the server has not seen that one)."""
+    client.connect(SERVER_ADDR, 0.0)
+    [(first, _)] = client.datagrams_to_send(0.0)
+    server.datagram_received(first, CLIENT_ADDR, 0.0)
+    [(hvr, _)] = server.datagrams_to_send(0.0)
+    client.datagram_received(hvr, SERVER_ADDR, 0.0)
+    [(second, _)] = client.datagrams_to_send(0.0)
+    return first, second
+
+
 def test_a_lost_hello_verify_request_costs_one_client_hello_timer_and_no_more() -> None:
     """The first HelloVerifyRequest is lost and the client's resend is answered after
     more than a second of real time, so OpenSSL's own (wall-clock) timer has run out and
@@ -142,12 +154,7 @@ def test_the_newest_client_hello_of_a_datagram_is_answered() -> None:
     as another DTLS stack may send after a HelloVerifyRequest: the server answers the
     last one with its flight, not the first with another HelloVerifyRequest."""
     client, server = secret_endpoints()
-    client.connect(SERVER_ADDR, 0.0)
-    [(first, _)] = client.datagrams_to_send(0.0)
-    server.datagram_received(first, CLIENT_ADDR, 0.0)
-    [(hvr, _)] = server.datagrams_to_send(0.0)
-    client.datagram_received(hvr, SERVER_ADDR, 0.1)
-    [(second, _)] = client.datagrams_to_send(0.1)
+    first, second = _client_hellos(client, server)
     assert server.datagram_received(second[:12] + first[12:] + second[12:], CLIENT_ADDR, 0.2) == []
     replies = server.datagrams_to_send(0.2)
     assert [r[13] for d, _ in replies for r in split_records(d[12:])][:1] == [2]     # ServerHello
@@ -186,12 +193,7 @@ def test_handshake_records_after_the_handshake_are_counted_unless_they_repeat_it
 
 def test_cookie_from_another_address_is_refused() -> None:
     client, server = key_pair_endpoints()
-    client.connect(SERVER_ADDR, 0.0)
-    [(hello, _)] = client.datagrams_to_send(0.0)
-    server.datagram_received(hello, CLIENT_ADDR, 0.0)
-    [(hvr, _)] = server.datagrams_to_send(0.0)
-    client.datagram_received(hvr, SERVER_ADDR, 0.0)
-    [(hello2, _)] = client.datagrams_to_send(0.0)
+    _hello, hello2 = _client_hellos(client, server)
     server.datagram_received(hello2, NEW_ADDR, 0.0)      # cookie was made for CLIENT_ADDR
     assert server._by_id == {} and server._by_addr == {}
     server.datagram_received(hello2, CLIENT_ADDR, 0.0)
