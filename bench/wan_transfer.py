@@ -144,10 +144,10 @@ def run_one(path: WanPath, who: str, nbytes: int, expect: str, out: Path, cap: f
     marks = {share: next((t - t0 for t, n in sampler.samples if n - base >= share * nbytes), None)
              for share in MARKS}
     first = next((t for t, n in sampler.samples if n > base), None)
-    last = next((t for t, n in sampler.samples if n >= base + nbytes), None)
+    last = marks[1.0]
     return {"mbps": nbytes * 8 / (t1 - t0) / 1e6, "steady": sampler.steady_mbps(nbytes), "retrans": retx,
             "cpu_per_gb": ((sp.cpu or 0) + (rp.cpu or 0)) / (nbytes / 1e9), "seconds": t1 - t0,
-            "first_byte": None if first is None else first - t0, "after_last": None if last is None else t1 - last,
+            "first_byte": None if first is None else first - t0, "after_last": None if last is None else t1 - t0 - last,
             "marks": marks}
 
 
