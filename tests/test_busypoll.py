@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from toucli.busypoll import MAX_WINDOW, BusyPollSelector
+from toucli.busypoll import COALESCE_MAX, MAX_WINDOW, BusyPollSelector, coalesce_delay
 
 
 @pytest.fixture
@@ -31,10 +31,17 @@ def _activity(a: socket.socket, b: socket.socket, sel: BusyPollSelector) -> None
     b.recv(16)
 
 
-@pytest.mark.parametrize("window", [0.0, -1.0, MAX_WINDOW * 2])
+@pytest.mark.parametrize("window", [-1e-6, -1.0, MAX_WINDOW * 2])
 def test_window_out_of_range_is_refused(window) -> None:
     with pytest.raises(ValueError, match="busy-poll window"):
         BusyPollSelector(window)
+
+
+def test_a_zero_window_never_spins(pair) -> None:
+    a, b, sel = pair
+    sel.window = 0.0                            # --busy-poll 0
+    _activity(a, b, sel)
+    assert sel.select(0.05) == [] and sel.spun == 0.0
 
 
 def test_a_quiet_selector_sleeps_without_spinning(pair) -> None:
@@ -191,3 +198,63 @@ def test_adaptive_does_not_spin_while_the_traffic_is_bulk(adaptive) -> None:
     caught = sel.caught
     _event_after(a, b, sel, 0.005)
     assert sel.caught == caught + 1             # what it learned before the bulk still holds
+
+
+# ---- coalesced wake-ups (bulk traffic on a long path)
+@pytest.mark.parametrize("rtt, delay", [(None, 0.0), (0.0002, 0.0), (0.003, 0.0), (0.004, 0.004 / 64),
+                                        (0.02, 0.02 / 64), (0.064, 0.001), (0.1, COALESCE_MAX), (2.0, COALESCE_MAX)])
+def test_the_coalescing_delay_is_a_64th_of_the_round_trip_capped_and_none_on_short_paths(rtt, delay) -> None:
+    assert coalesce_delay(rtt) == pytest.approx(delay)
+
+
+def _bulk(sel: BusyPollSelector, coalesce: float) -> None:
+    assert sel.note_traffic(7, 40, 40 * 1400) and sel.bulk
+    sel.coalesce = coalesce
+
+
+def test_a_bulk_wait_sleeps_first_and_then_reads_everything_that_arrived_meanwhile(adaptive) -> None:
+    a, b, sel = adaptive
+    c, d = socket.socketpair()
+    sel.register(d, selectors.EVENT_READ)
+    try:
+        _bulk(sel, 0.05)
+        a.send(b"x")                            # ready at once ...
+        timer = threading.Timer(0.02, lambda: c.send(b"y"))   # ... and another one 20 ms later
+        timer.start()
+        t0 = time.monotonic()
+        ready = sel.select(1.0)
+        elapsed = time.monotonic() - t0
+        timer.join()
+        assert 0.05 <= elapsed < 0.5            # slept the delay instead of waking for the first
+        assert {key.fileobj for key, _ in ready} == {b, d}    # one wake-up for both
+        assert sel.coalesced == 1 and sel.spun == 0.0 and sel.bulk
+    finally:
+        c.close()
+        d.close()
+
+
+def test_a_bulk_wait_never_sleeps_past_the_loops_timeout(adaptive) -> None:
+    a, b, sel = adaptive
+    _bulk(sel, 0.5)
+    t0 = time.monotonic()
+    assert sel.select(0.02) == []               # a timer is due in 20 ms: it is not delayed
+    assert time.monotonic() - t0 < 0.2
+    assert not sel.bulk and sel.coalesced == 1  # that wait found nothing: quiet, judged afresh
+    a.send(b"x")
+    t0 = time.monotonic()
+    assert sel.select(1.0) and time.monotonic() - t0 < 0.2    # not bulk: no sleep
+
+
+def test_without_a_delay_or_when_not_bulk_nothing_is_coalesced(adaptive) -> None:
+    a, b, sel = adaptive
+    _bulk(sel, 0.0)                             # bulk on a short path: the runtime sets no delay
+    a.send(b"x")
+    t0 = time.monotonic()
+    assert sel.select(1.0) and time.monotonic() - t0 < 0.03 and sel.coalesced == 0
+    b.recv(16)
+    sel.coalesce = 0.5
+    sel.note_traffic(7, 80, 40 * 1400 + 40 * 100)    # small datagrams: interactive
+    assert not sel.bulk
+    a.send(b"x")
+    t0 = time.monotonic()
+    assert sel.select(1.0) and time.monotonic() - t0 < 0.2 and sel.coalesced == 0

@@ -243,7 +243,7 @@ def test_attach_from_a_second_process_while_data_flows(procs, rundir, tmp_path) 
     bp = snap["instance"].pop("busy_poll")                  # the default: adaptive polling
     assert bp["mode"] == "adaptive" and bp["window_us"] == 200 and bp["spin_seconds"] >= 0
     assert snap["instance"] == {"pid": cli.pid, "name": "cli", "command": "connect",
-                                "control": str(sock_dir / "cli.sock")}
+                                "control": str(sock_dir / "cli.sock"), "coalesced": 0}   # loopback: never
     (row,) = snap["connections"]
     assert row["state"] == "ESTABLISHED" and row["open"] is True
     assert row["peer"] == f"127.0.0.1:{port}" and row["remote_port"] == 1

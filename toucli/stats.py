@@ -409,12 +409,13 @@ class Collector:
                 "name": self.name,
                 "command": self.command,
                 "control": self.control,
-                "busy_poll": None if self.busy_poll is None else {
+                "busy_poll": None if self.busy_poll is None or not self.busy_poll.window else {
                     "mode": "adaptive" if self.busy_poll.adaptive else "fixed",
                     "window_us": round(self.busy_poll.window * 1e6),
                     "spin_seconds": self.busy_poll.spun,
                     "caught": self.busy_poll.caught,
                 },
+                "coalesced": 0 if self.busy_poll is None else self.busy_poll.coalesced,
             },
             "transport": {"name": transport_name, "overhead": overhead, "local": local},
             "peers": peers,

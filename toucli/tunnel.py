@@ -40,7 +40,7 @@ import threading
 from dataclasses import replace
 from typing import Any, Awaitable, Callable, Hashable, Iterable, Protocol
 
-from toucli.busypoll import ADAPTIVE_WINDOW, BusyPollSelector, of_loop
+from toucli.busypoll import ADAPTIVE_WINDOW, BusyPollSelector, coalesce_delay, of_loop
 from toucli.filewriter import FileWriter
 from toucli.heap import keep_freed_memory
 from toucli.stack.config import ConnectionConfig
@@ -628,7 +628,7 @@ class Tunnel:
         self.ptb_accepted = 0          # Packet Too Big messages that moved a path's search
         self.ptb_ignored = 0           # ... that did not validate or changed nothing
         poller = of_loop(self.loop)
-        self._poller = poller if poller is not None and poller.adaptive else None
+        self._poller = poller
         self.loop.add_reader(usock.fileno(), self._on_readable)
         usock.on_blocked = self._on_blocked
         usock.on_error = self._on_icmp
@@ -761,9 +761,20 @@ class Tunnel:
         if failed is not None:
             self._udp_failed(failed)
             self._service(now)
-        if self._poller is not None:          # adaptive polling: is this bulk traffic?
-            self._poller.note_traffic(usock.fileno(), usock.datagrams_in + usock.datagrams_out,
-                                      usock.bytes_in + usock.bytes_out)
+        poller = self._poller
+        if poller is not None and poller.note_traffic(usock.fileno(), usock.datagrams_in + usock.datagrams_out,
+                                                      usock.bytes_in + usock.bytes_out):
+            # Bulk traffic: how long a wait may sleep to read several datagrams per wake-up.
+            poller.coalesce = coalesce_delay(self.path_rtt()) if poller.bulk else 0.0
+
+    def path_rtt(self) -> float | None:
+        """The shortest smoothed round trip (or receiver's estimate) of our connections."""
+        best: float | None = None
+        for conn in self.ep.connections.values():
+            rtt = conn.rtt.srtt or conn.rcv_rtt
+            if rtt is not None and (best is None or rtt < best):
+                best = rtt
+        return best
 
     def _on_icmp(self, report: IcmpReport) -> None:
         """An ICMP error from the socket's error queue: handled in the next service round."""
@@ -1711,7 +1722,8 @@ def run(main: Callable[[Signals], Any], *, verbose: int = 0, busy_poll: float | 
 
     The loop polls before it sleeps (:class:`~toucli.busypoll.BusyPollSelector`): with
     ``busy_poll`` None (the default), adaptively, up to ``ADAPTIVE_WINDOW``; with
-    ``busy_poll`` > 0, for that many seconds after traffic; with 0, never. A
+    ``busy_poll`` > 0, for that many seconds after traffic; with 0, never. Bulk traffic on
+    a long path coalesces its wake-ups in every mode. A
     :class:`TunnelError` becomes one line on stderr (a traceback too with ``-v``) and its
     exit status; a second signal ends at once with the first signal's status.
     """
@@ -1729,8 +1741,8 @@ def run(main: Callable[[Signals], Any], *, verbose: int = 0, busy_poll: float | 
             signals.remove()
 
     window = ADAPTIVE_WINDOW if busy_poll is None else busy_poll
-    factory = (lambda: asyncio.SelectorEventLoop(BusyPollSelector(window, adaptive=busy_poll is None))
-               ) if window > 0 else None
+    def factory() -> asyncio.AbstractEventLoop:
+        return asyncio.SelectorEventLoop(BusyPollSelector(window, adaptive=busy_poll is None))
     try:
         with asyncio.Runner(loop_factory=factory) as runner_:
             return runner_.run(runner())
