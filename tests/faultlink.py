@@ -40,6 +40,7 @@ class Impairment:
     duplicate: float = 0.0          # delivered twice
     corrupt: float = 0.0            # one random bit flipped
     jitter: float = 0.0             # every datagram delayed uniformly in [0, jitter]
+    delay: float = 0.0              # and by this much (one way: the round trip gains twice it)
     reorder_delay: float = 0.004
 
 
@@ -153,7 +154,7 @@ class FaultLink:
                 buf = bytearray(out)
                 buf[bit >> 3] ^= 1 << (bit & 7)
                 out = bytes(buf)
-            delay = r.uniform(0.0, imp.jitter) if imp.jitter else 0.0
+            delay = imp.delay + (r.uniform(0.0, imp.jitter) if imp.jitter else 0.0)
             if imp.reorder and r.random() < imp.reorder:
                 c.reordered += 1
                 delay += imp.reorder_delay

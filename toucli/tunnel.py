@@ -768,10 +768,10 @@ class Tunnel:
             poller.coalesce = coalesce_delay(self.path_rtt()) if poller.bulk else 0.0
 
     def path_rtt(self) -> float | None:
-        """The shortest smoothed round trip (or receiver's estimate) of our connections."""
+        """The path's own round trip, queues left out: the least of our connections' minimum RTTs."""
         best: float | None = None
         for conn in self.ep.connections.values():
-            rtt = conn.rtt.srtt or conn.rcv_rtt
+            rtt = conn.rtt.min_rtt
             if rtt is not None and (best is None or rtt < best):
                 best = rtt
         return best

@@ -172,7 +172,6 @@ class Connection:
         self.ts_recent = 0
         self.ts_recent_time: float | None = None
         self.last_ack_sent = 0
-        self.rcv_rtt: float | None = None
 
         # --- timers and recovery ---
         self.rtt = RttEstimator(cfg.rto_initial, cfg.rto_min, cfg.rto_max, min_var=cfg.rto_min_var)
@@ -1601,7 +1600,7 @@ class Connection:
             self._ctl.append(self._segment(ACK, self.snd_max, now=now))
             return
         self._sack_held += 1
-        rtt = self.rtt.srtt or self.rcv_rtt
+        rtt = self.rtt.srtt
         delay = SACK_COMPRESS_DELAY if rtt is None else min(SACK_COMPRESS_DELAY, rtt / 20)
         if self.delack_deadline is None or now + delay < self.delack_deadline:
             self.delack_deadline = now + delay
@@ -1702,7 +1701,7 @@ class Connection:
         the emulated 100 ms / 2 % path was window-limited in start-up; three
         measured +1.1 Mbit/s there (interleaved pairs, 6 of 6).
         """
-        rtt = self.rtt.srtt or self.rcv_rtt or 0.05
+        rtt = self.rtt.srtt or 0.05
         if now - self._tune_start < max(rtt, 0.001):
             return
         copied = self._tune_copied
