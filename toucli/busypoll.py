@@ -40,8 +40,8 @@ With ``window`` 0 (``--busy-poll 0``) it never spins.
 **Coalesced wake-ups.** The opposite trade, for bulk traffic on a long path. A
 datagram every 120 µs (100 Mbit/s of full-size packets) woke the receiving process
 for each one, and the loop turn around it (the wait, the timers, the engine's
-service, the ACK decision) cost more than the datagram's own work: two thirds of the
-receiver's CPU. While the selector is ``bulk`` and :attr:`coalesce` is set, a
+service, the ACK decision) cost about as much as the datagram's own work: reading
+several per wake-up halved the receiver's CPU there (bench/RESULTS.md). While the selector is ``bulk`` and :attr:`coalesce` is set, a
 blocking wait first sleeps that long, so one wake-up reads what arrived meanwhile, as
 a NIC's interrupt moderation does. The runtime sets it from the path's round-trip
 time (:func:`coalesce_delay`): a sixty-fourth of it, at most 1 ms, none below 50 µs.
