@@ -41,9 +41,9 @@ With ``window`` 0 (``--busy-poll 0``) it never spins.
 datagram every 120 µs (100 Mbit/s of full-size packets) woke the receiving process
 for each one, and the loop turn around it (the wait, the timers, the engine's
 service, the ACK decision) cost about as much as the datagram's own work: reading
-several per wake-up halved the receiver's CPU there (bench/RESULTS.md). While the selector is ``bulk`` and :attr:`coalesce` is set, a
-blocking wait first sleeps that long, so one wake-up reads what arrived meanwhile, as
-a NIC's interrupt moderation does. The runtime sets it from the path's round-trip
+several per wake-up halved the receiver's CPU there (bench/RESULTS.md). While the
+selector is ``bulk`` and :attr:`coalesce` is set, a blocking wait first sleeps that
+long, so one wake-up reads what arrived meanwhile, as a NIC's interrupt moderation does. The runtime sets it from the path's round-trip
 time (:func:`coalesce_delay`): a sixty-fourth of it, at most 1 ms, none below 50 µs.
 So what it adds to an ACK's delay is under 2 % of the round trip, and on loopback or a
 LAN it never applies. The sleep, too, never outlasts the loop's timeout, so timers

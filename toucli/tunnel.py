@@ -765,9 +765,9 @@ class Tunnel:
         if poller is not None and poller.note_traffic(usock.fileno(), usock.datagrams_in + usock.datagrams_out,
                                                       usock.bytes_in + usock.bytes_out):
             # Bulk traffic: how long a wait may sleep to read several datagrams per wake-up.
-            poller.coalesce = coalesce_delay(self.path_rtt()) if poller.bulk else 0.0
+            poller.coalesce = coalesce_delay(self._min_rtt()) if poller.bulk else 0.0
 
-    def path_rtt(self) -> float | None:
+    def _min_rtt(self) -> float | None:
         """The path's own round trip, queues left out: the least of our connections' minimum RTTs."""
         best: float | None = None
         for conn in self.ep.connections.values():
