@@ -112,7 +112,7 @@ class BusyPollSelector(selectors.EpollSelector):
             learned = self._spins.get(after, 0.0)      # kept while bulk, used again after it
             spin = 0.0 if self.bulk else learned
         else:
-            spin = self.window if self.active and self.window > 0.0 else 0.0
+            spin = self.window if self.active else 0.0
         clock = time.monotonic
         start = clock()
         if spin > 0.0:
