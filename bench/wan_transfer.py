@@ -12,7 +12,13 @@ Goodput = N / (sender's start - receiver's exit): what the user waits for, the
 handshake, start-up and the close included. Steady = the rate while the receiver
 wrote the middle 80 % (sampled from ``/proc/PID/io``). Retransmitted = share of the
 sender's segments sent again (tou: ``--stats-json``; kernel TCP: the namespace's
-``TcpRetransSegs`` / ``TcpOutSegs``). CPU s/GB = both ends (``wait4``). Every output
+``TcpRetransSegs`` / ``TcpOutSegs``). CPU s/GB = both ends (``wait4``). Link busy =
+the seconds the bottleneck's transmitter spent on the data direction's packets (the
+emulator's own count of the bytes it serialized: headers, retransmissions and packets
+lost on the wire included, queue drops not). Floor = N / (first byte + link busy): the
+goodput had the link carried this contender's packets back to back from its first
+byte on (no start-up ramp, no idle tail), so goodput / floor is how much of the path
+the contender's start-up and recovery left unused. Every output
 file is checked against the known SHA-256 of the stream (``bench/gen.py``). A run
 still going after ``--cap`` seconds (kernel CUBIC at 2 % loss) is stopped there; its
 goodput is what arrived by then, and those bytes are checked against the stream's prefix.
@@ -187,6 +193,11 @@ def main() -> int:
                         except Exception as exc:           # one failing run must not stop the rest
                             res = {"error": f"{type(exc).__name__}: {exc}"}
                     (work / "out.bin").unlink(missing_ok=True)
+                    ab = (path.stats or {}).get("a_to_b") or {}
+                    if "serialized_bytes" in ab and "error" not in res:
+                        res["busy"] = ab["serialized_bytes"] * 8 / RATE
+                        if res.get("first_byte") is not None:
+                            res["floor"] = a.bytes * 8 / (res["first_byte"] + res["busy"]) / 1e6
                     res["round"] = r + 1
                     per[w].append(res)
                     shown = ("ERROR " + res["error"][:150] if "error" in res else
@@ -196,6 +207,9 @@ def main() -> int:
                              + (f" (stopped at the cap: {res['capped'] / 1e6:.1f} MB, intact)" if "capped" in res else
                                 f"; first byte {res['first_byte'] or 0:.2f} s, exit {res['after_last'] or 0:.2f} s "
                                 f"after the last"))
+                    if "busy" in res:
+                        shown += f"; link busy {res['busy']:.2f} s" + (
+                            f", floor {res['floor']:.2f} Mbit/s" if "floor" in res else "")
                     print(f"  jitter {jitter:g} ms round {r + 1} {CONTENDERS.get(w, w):14s} {shown}", flush=True)
                     if a.marks and res.get("marks"):
                         print("    written by: " + ", ".join(
@@ -206,13 +220,13 @@ def main() -> int:
         work.rmdir()
     for jitter, per in results.items():
         print(f"\n## jitter {jitter} ms: medians over {a.rounds} paired rounds (min–max)\n")
-        print("| contender | goodput Mbit/s | steady Mbit/s | retransmitted | CPU s/GB | first byte, s |\n"
-              "|---|---|---|---|---|---|")
+        print("| contender | goodput Mbit/s | steady Mbit/s | retransmitted | CPU s/GB | first byte, s | link busy, s "
+              "| floor Mbit/s |\n|---|---|---|---|---|---|---|---|")
         med: dict[str, float] = {}
         for w, rs in per.items():
             good = [x for x in rs if "error" not in x]
             if not good:
-                print(f"| {CONTENDERS.get(w, w)} | failed: {rs[0].get('error', '')[:80]} | | | |")
+                print(f"| {CONTENDERS.get(w, w)} | failed: {rs[0].get('error', '')[:80]} | | | | | | |")
                 continue
 
             def span(key: str, scale: float = 1.0, digits: int = 2) -> str:
@@ -223,7 +237,7 @@ def main() -> int:
             med[w] = statistics.median(x["mbps"] for x in good)
             capped = sum(1 for x in good if "capped" in x)
             print(f"| {CONTENDERS.get(w, w)} | {span('mbps')} | {span('steady')} | {span('retrans', 100)} % | "
-                  f"{span('cpu_per_gb')} | {span('first_byte')} |"
+                  f"{span('cpu_per_gb')} | {span('first_byte')} | {span('busy')} | {span('floor')} |"
                   + (f" {len(rs) - len(good)} failed" if len(good) < len(rs) else "")
                   + (f" {capped} stopped at the {a.cap:g} s cap" if capped else ""))
         if "tou" in per:

@@ -54,6 +54,7 @@ def test_overhead_counts_in_serialization():
     link = Link(random.Random(1), delay=0.0, rate_bps=8e6, overhead=36)
     link.send(bytes(964), 0.0)
     assert link.next_delivery() == pytest.approx(0.001)
+    assert link.serialized_bytes == 1000
 
 
 def test_idle_link_does_not_bank_capacity():
@@ -76,6 +77,8 @@ def test_drop_tail_queue_overflow():
     assert link.backlog(0.002) == 3000
     assert [link.send(b"x" * 1000, 0.002) for _ in range(3)] == [True, True, False]
     assert [p[0] for _, p in _drain(link)] == [0, 1, 2, 3, 4, ord("x"), ord("x")]
+    # the transmitter carried the 7 accepted packets, not the 6 the queue refused
+    assert link.serialized_bytes == 7000
 
 
 def test_empty_queue_always_takes_a_packet():
@@ -100,6 +103,7 @@ def test_loss_uses_the_transmitter():
     link.loss = 0.0
     assert link.send(bytes(1000), 0.0)
     assert link.next_delivery() == pytest.approx(0.002)
+    assert link.serialized_bytes == 2000
 
 
 def test_burst_loss_comes_in_runs():

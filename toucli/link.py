@@ -39,7 +39,7 @@ class Link:
         "rng", "delay", "jitter", "rate_bps", "queue_bytes", "loss", "burst_loss", "duplicate",
         "overhead", "_heap", "_order", "_queue", "_backlog", "_busy_until", "_bad",
         "sent", "sent_bytes", "delivered", "delivered_bytes", "dropped_queue", "dropped_loss",
-        "duplicated", "max_backlog",
+        "duplicated", "max_backlog", "serialized_bytes",
     )
 
     def __init__(
@@ -88,6 +88,7 @@ class Link:
         self.dropped_loss = 0             # lost on the wire (random or burst)
         self.duplicated = 0               # extra copies scheduled
         self.max_backlog = 0              # largest queue occupancy seen, bytes
+        self.serialized_bytes = 0         # wire bytes the transmitter sent (wire losses too, not queue drops)
 
     def backlog(self, now: float) -> int:
         """Bytes waiting in or being serialized by the transmitter at ``now``."""
@@ -111,6 +112,7 @@ class Link:
                 return False
             departure = max(now, self._busy_until) + wire * 8.0 / self.rate_bps
             self._busy_until = departure
+            self.serialized_bytes += wire
             self._queue.append((departure, wire))
             self._backlog = backlog + wire
             if self._backlog > self.max_backlog:
@@ -171,4 +173,5 @@ class Link:
             "dropped_loss": self.dropped_loss,
             "duplicated": self.duplicated,
             "max_backlog": self.max_backlog,
+            "serialized_bytes": self.serialized_bytes,
         }
