@@ -203,7 +203,8 @@ def main() -> int:
                     shown = ("ERROR " + res["error"][:150] if "error" in res else
                              f"{res['mbps']:6.2f} Mbit/s, steady "
                              + (f"{res['steady']:6.2f}" if res["steady"] else "     –") + ", retx "
-                             f"{100 * (res['retrans'] or 0):5.2f} %, {res['cpu_per_gb']:6.2f} CPU s/GB"
+                             + (f"{100 * res['retrans']:5.2f} %" if res["retrans"] is not None else "    – ")
+                             + f", {res['cpu_per_gb']:6.2f} CPU s/GB"
                              + (f" (stopped at the cap: {res['capped'] / 1e6:.1f} MB, intact)" if "capped" in res else
                                 f"; first byte {res['first_byte'] or 0:.2f} s, exit {res['after_last'] or 0:.2f} s "
                                 f"after the last"))
@@ -236,7 +237,8 @@ def main() -> int:
                 return f"{statistics.median(xs):.{digits}f} ({min(xs):.{digits}f}–{max(xs):.{digits}f})"
             med[w] = statistics.median(x["mbps"] for x in good)
             capped = sum(1 for x in good if "capped" in x)
-            print(f"| {CONTENDERS.get(w, w)} | {span('mbps')} | {span('steady')} | {span('retrans', 100)} % | "
+            retx = span('retrans', 100)
+            print(f"| {CONTENDERS.get(w, w)} | {span('mbps')} | {span('steady')} | {retx}{' %' if retx != '–' else ''} | "
                   f"{span('cpu_per_gb')} | {span('first_byte')} | {span('busy')} | {span('floor')} |"
                   + (f" {len(rs) - len(good)} failed" if len(good) < len(rs) else "")
                   + (f" {capped} stopped at the {a.cap:g} s cap" if capped else ""))
