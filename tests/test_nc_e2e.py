@@ -424,3 +424,37 @@ def test_authentication_failures_are_quick_one_line_and_logged_by_the_server(pro
     text = err.decode()
     assert stranger.public.fingerprint() in text   # rejected key logged by fingerprint
     assert "127.0.0.1" in text                     # and the address it came from
+
+
+
+@pytest.mark.parametrize("sink", ["pipe", "file"])
+def test_a_slow_sink_gets_every_byte_after_the_sender_has_gone(procs, tmp_path, sink) -> None:
+    """The sender's FIN is acknowledged as soon as it arrives in sequence, so a sender
+    whose data still waits in the receiver (for a pipe nobody reads yet; for a file
+    opened O_SYNC, whose every write waits for the disk) finishes, closes its secure
+    session and exits 0 before the receiver has written everything. The receiver must
+    still write all of it and exit 0: the session's close_notify comes after both FINs."""
+    size = 6_000_000
+    data = os.urandom(size)
+    port = free_port()
+    out_path = tmp_path / "out.bin"
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_SYNC, 0o600) if sink == "file" else None
+    try:
+        lst = tou("listen", "--quiet", "-d", "127.0.0.1", str(port), env=secure_env(),
+                  stdout=fd if fd is not None else subprocess.PIPE)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    procs.append(lst)
+    wait_listening(port, lst)
+    res = subprocess.run([*TOU, "connect", "--quiet", "127.0.0.1", str(port)], cwd=ROOT, env=secure_env(),
+                         input=data, capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    if sink == "pipe":
+        time.sleep(0.5)                          # the close_notify has reached the listener by now
+        out, err = lst.communicate(timeout=30)   # only now does anyone read the listener's stdout
+    else:
+        _, err = lst.communicate(timeout=60)
+        out = out_path.read_bytes()
+    assert lst.returncode == 0, err.decode()
+    assert len(out) == size and hashlib.sha256(out).digest() == hashlib.sha256(data).digest()

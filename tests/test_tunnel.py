@@ -427,3 +427,30 @@ def test_a_cancelled_pump_leaves_the_shared_sink_alone() -> None:
             p.close()
 
     asyncio.run(main())
+
+
+def test_the_last_ack_grace_starts_only_once_our_fin_has_left(monkeypatch) -> None:
+    """All data acknowledged and the peer's FIN in, but our FIN not sent (the receiver's
+    window is shut while it writes a slow file): the grace must not end the wait, or
+    the session's close_notify reaches a receiver that never got the FIN (it exits 1).
+    Once the FIN has left (LAST-ACK), the grace ends the wait as before."""
+    import asyncio
+    import types
+
+    from toucli import tunnel
+    from toucli.stack.connection import State
+
+    monkeypatch.setattr(tunnel, "LAST_ACK_GRACE", 0.02)
+
+    async def wait(state: State) -> bool:
+        done = asyncio.get_running_loop().create_future()
+        ch = types.SimpleNamespace(finished=False, error=None, done=done, all_data_acked=True,
+                                   peer_closed=True, conn=types.SimpleNamespace(state=state))
+        try:
+            await asyncio.wait_for(tunnel._until_finished(ch), 0.3)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    assert asyncio.run(wait(State.CLOSE_WAIT)) is False      # still waiting for the FIN to go
+    assert asyncio.run(wait(State.LAST_ACK)) is True          # only its ACK is missing
