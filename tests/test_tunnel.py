@@ -430,10 +430,10 @@ def test_a_cancelled_pump_leaves_the_shared_sink_alone() -> None:
 
 
 def test_the_last_ack_grace_starts_only_once_our_fin_has_left(monkeypatch) -> None:
-    """All data acknowledged and the peer's FIN in, but our FIN not sent (the receiver's
-    window is shut while it writes a slow file): the grace must not end the wait, or
-    the session's close_notify reaches a receiver that never got the FIN (it exits 1).
-    Once the FIN has left (LAST-ACK), the grace ends the wait as before."""
+    """All data acknowledged and the peer's FIN in, but our FIN not yet sent
+    (CLOSE-WAIT): the grace must not end the wait, or the session's close_notify reaches
+    a receiver that never got the FIN (it exits 1). Once the FIN has left (LAST-ACK),
+    the grace ends the wait as before."""
     import asyncio
     import types
 

@@ -1650,11 +1650,10 @@ async def _until_finished(ch: Channel) -> None:
     """Wait until our FIN is acknowledged (TIME-WAIT or CLOSED).
 
     In LAST-ACK/CLOSING with every data byte acknowledged only the ACK of our FIN
-    is missing; after :data:`LAST_ACK_GRACE` s the exchange counts as complete. Not
-    before our FIN has left: a receiver that writes slower than the data came (a
-    file on a busy disk) holds its window shut with everything acknowledged, and the
-    FIN waits for it to open (RFC 9293 §3.8.6.1, persist probes keep asking).
-    Closing the session then would tell the receiver "gone" before "done".
+    is missing; after :data:`LAST_ACK_GRACE` s the exchange counts as complete. Only
+    then: before our FIN has left (the engine sends it right behind the last data, so
+    this is brief) there is no ACK to be lenient about, and closing the session would
+    tell the receiver "gone" before "done". Both states imply the peer's FIN is in.
     """
     if ch.finished:
         if ch.error is not None:
@@ -1666,7 +1665,7 @@ async def _until_finished(ch: Channel) -> None:
     except asyncio.TimeoutError:
         pass
     while not ch.finished:
-        if ch.all_data_acked and ch.peer_closed and ch.conn.state in (State.LAST_ACK, State.CLOSING):
+        if ch.all_data_acked and ch.conn.state in (State.LAST_ACK, State.CLOSING):
             return
         await asyncio.wait({ch.done}, timeout=LAST_ACK_GRACE)
     if ch.error is not None:
