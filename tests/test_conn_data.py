@@ -404,6 +404,31 @@ def test_timestamps_echo_peer_tsval():
     assert t.conn.stats()["mss"] == 988
 
 
+def test_a_receiver_measures_the_path_from_the_timestamps_its_data_echoes():
+    """RFC 7323 §3: in-order data echoing the TSval of one of our ACKs times the round trip
+    from the receiving side (as Linux's tcp_rcv_rtt_measure_ts); rcv_min_rtt keeps the
+    least. A connection that only receives has no other sample than the handshake's. The
+    sender's estimator (its RTO) is left alone."""
+    t = ts_est()                          # handshake sample 10 ms; our ACK left at 1.010 (TSval 1010)
+    t.recv(t.inp(R, S, ACK, 30000, b"a" * 100, tsval=150, tsecr=1010), at=1.0135)
+    assert t.conn.rcv_min_rtt == pytest.approx(0.0035)
+    [ack] = t.pop_segments()              # quick ACK at 1.0135: TSval 1013
+    t.recv(t.inp(R + 100, S, ACK, 30000, b"b" * 100, tsval=151, tsecr=ack.tsval), at=1.0152)
+    assert t.conn.rcv_min_rtt == pytest.approx(0.0022)     # the 1 ms clock lengthens it, never shortens
+    t.pop_output()
+    # Out of order: no sample (TS.Recent does not move either, RFC 7323 §4.3).
+    t.recv(t.inp(R + 300, S, ACK, 30000, b"d" * 100, tsval=152, tsecr=1015), at=1.0153)
+    assert t.conn.rcv_min_rtt == pytest.approx(0.0022)
+    [dupack] = t.pop_segments()           # TSval 1015
+    # The hole filled (the general path): echoes the duplicate ACK, 1.1 ms after its tick.
+    t.recv(t.inp(R + 200, S, ACK, 30000, b"c" * 100, tsval=153, tsecr=dupack.tsval), at=1.0161)
+    assert t.conn.rcv_min_rtt == pytest.approx(0.0011)
+    assert t.conn.path_rtt == pytest.approx(0.0011)
+    assert t.read() == b"a" * 100 + b"b" * 100 + b"c" * 100 + b"d" * 100
+    st = t.conn.stats()
+    assert st["min_rtt"] == pytest.approx(0.010) and st["srtt"] == pytest.approx(0.010)
+
+
 def test_paws_drops_old_tsval_with_ack():
     """RFC 7323 §5.3 R1: SEG.TSval < TS.Recent, beyond what a path reorders -> drop, send an ACK."""
     t = ts_est()

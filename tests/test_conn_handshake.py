@@ -190,6 +190,26 @@ def test_lost_syn_ack_peer_retransmits_syn():
     t.expect()
     t.expect_events(Connected)
     t.expect_state(State.ESTABLISHED)
+    # Karn: the ACK may answer either SYN-ACK, so it gives no RTT sample.
+    assert t.conn.stats()["srtt"] is None
+
+
+def test_the_handshake_is_timed_from_when_the_syn_ack_left():
+    """A listener busy between taking the SYN and sending its answer (a DTLS handshake
+    finished in the same batch) times the path from the SYN-ACK's departure, and its
+    TSval names that moment (RFC 6298 §2, RFC 7323 §3)."""
+    t = Harness(test_config(timestamps=True), iss=ISS, local_port=80, remote_port=40000)
+    t.listen(80)
+    assert t.ep is not None
+    t.ep.receive(t.peer, t.inp(IRS, 0, SYN, 30000, mss=1000, tsval=700, tsecr=0), 0.0)
+    [(_, synack)] = t.ep.segments_to_send(0.005)          # it leaves 5 ms later
+    assert synack.flags == SYN | ACK
+    t.recv(t.inp(IRS + 1, ISS + 1, ACK, 30000, tsval=701, tsecr=synack.tsval), at=0.006)
+    t.expect_events(Connected)
+    assert t.conn.stats()["min_rtt"] == pytest.approx(0.001)
+    t.send(b"x", at=0.010)
+    [data] = t.pop_segments()
+    assert (data.tsval - synack.tsval) & 0xFFFFFFFF == 5        # ms between the two departures
 
 
 def test_lost_syn_retransmitted_then_answered():

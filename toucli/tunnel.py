@@ -721,13 +721,17 @@ class Tunnel:
 
     # ---- I/O
     def _on_readable(self) -> None:
-        now = self.loop.time()
+        clock = self.loop.time
         rx = self._rx
         decode = self.transport.decode
         ep = self.ep
         counts = self._counts
 
         def handle(data: memoryview, addr: Address) -> None:
+            # Each datagram is taken in at its own time: one wake-up may read thousands,
+            # and segments sent in between (below) are answered within it on loopback;
+            # the wake-up's time would make those answers older than their questions.
+            now = clock()
             decode(data, addr, now, rx)
             if not rx:
                 return
@@ -757,6 +761,7 @@ class Tunnel:
             except OSError:
                 pass
         counts.clear()
+        now = clock()
         self._service(now)
         if failed is not None:
             self._udp_failed(failed)
@@ -768,10 +773,11 @@ class Tunnel:
             poller.coalesce = coalesce_delay(self._min_rtt()) if poller.bulk else 0.0
 
     def _min_rtt(self) -> float | None:
-        """The path's own round trip, queues left out: the least of our connections' minimum RTTs."""
+        """The path's own round trip, queues left out: the least of our connections' minimum
+        RTTs, a receiver's measured from the data it takes in (``Connection.path_rtt``)."""
         best: float | None = None
         for conn in self.ep.connections.values():
-            rtt = conn.rtt.min_rtt
+            rtt = conn.path_rtt
             if rtt is not None and (best is None or rtt < best):
                 best = rtt
         return best

@@ -236,6 +236,8 @@ class Connection:
         self.timewait_deadline: float | None = None
         self._syn_tries = 0
         self._syn_time = now                    # when our SYN (or SYN-ACK) first left
+        self._syn_departures = 0                # how often it left (one: the handshake is timed)
+        self.rcv_min_rtt: float | None = None   # least RTT seen from the receiving side (_rcv_rtt)
         self._syn_held = False                  # client: the path is not open yet (see release)
         self._last_recv = now
 
@@ -466,7 +468,6 @@ class Connection:
         self._send_syn(now)
 
     def _send_syn(self, now: float) -> None:
-        self._syn_time = now
         if not self._syn_pending:
             self._ctl.append(self._segment(SYN, 0, now=now))
         self._arm_rto(now)
@@ -807,6 +808,8 @@ class Connection:
         if self.ts_ok and seg.tsval is not None and seq <= self.last_ack_sent and not disordered:
             self.ts_recent = seg.tsval
             self.ts_recent_time = now
+            if plen and seg.tsecr:
+                self._rcv_rtt(seg.tsecr, now)
 
         if ack > self.snd_max:
             # RFC 5961 §5.2 / RFC 9293: ACK for something not yet sent.
@@ -866,6 +869,8 @@ class Connection:
         if tsval is not None and self.ts_ok and rcv_nxt <= self.last_ack_sent:   # RFC 7323 §4.3
             self.ts_recent = tsval
             self.ts_recent_time = now
+            if payload and seg.tsecr:
+                self._rcv_rtt(seg.tsecr, now)
         self._update_window(seg, rcv_nxt, ack)
         if new_ack:
             self.rs.reset(self.snd_max - snd_una if self._rate_cc else 0)
@@ -940,11 +945,54 @@ class Connection:
         self.snd_una = ack
 
     def _handshake_rtt(self, now: float) -> None:
-        """First RTT sample from an unretransmitted SYN; else RTO = 3 s (RFC 6298 §5.7)."""
-        if self._syn_tries == 1:
-            self.rtt.on_sample(max(now - self._syn_time, 0.0), now)
-        else:
+        """First RTT sample from a SYN that left once; after a SYN timeout RTO = 3 s
+        (RFC 6298 §5.7). A SYN-ACK sent again for a repeated SYN gives no sample: which
+        one the ACK answers is unknown (Karn, RFC 6298 §3)."""
+        if self._syn_tries > 1:
             self.rtt.fallback_after_syn_timeout()
+        elif self._syn_departures == 1:
+            self.rtt.on_sample(max(now - self._syn_time, 0.0), now)
+
+    def _rcv_rtt(self, tsecr: int, now: float) -> None:
+        """A receiver's RTT sample: in-order data echoing the TSval of one of our ACKs
+        (RFC 7323 §3, as Linux's tcp_rcv_rtt_measure_ts).
+
+        A connection that only receives takes one sample of its own, from the handshake,
+        and one scheduling delay there misjudges the path for good. This one is never
+        shorter than the path: the data left after our ACK arrived, and the 1 ms clock
+        only lengthens it. Kept apart from :attr:`rtt` (the sender's retransmission
+        timer must not follow what the peer's sending pattern adds); its minimum tells
+        the runtime how long the path is (``Connection.path_rtt``).
+        """
+        sample = now - self._ts_to_time(tsecr)
+        if 0.0 <= sample <= 120.0 and (self.rcv_min_rtt is None or sample < self.rcv_min_rtt):
+            self.rcv_min_rtt = sample
+
+    @property
+    def path_rtt(self) -> float | None:
+        """The path's round trip as far as either direction has measured it: the least
+        of the sender's windowed min_rtt and the receiver's samples."""
+        a, b = self.rtt.min_rtt, self.rcv_min_rtt
+        if a is None:
+            return b
+        return a if b is None or a < b else b
+
+    def _syn_leaves(self, out: list[Segment], now: float) -> None:
+        """Our SYN or SYN-ACK was built when what caused it came in; it leaves now.
+
+        The handshake's RTT sample runs from its transmission (RFC 6298 §2), so its
+        first departure sets the time, and its TSval names this moment (RFC 7323 §3):
+        a listener that spent milliseconds finishing a DTLS handshake in the same
+        batch as the SYN would otherwise count them as path, and on loopback would
+        take a 2.5 ms path for a 0.3 ms one.
+        """
+        for seg in out:
+            if seg.flags & SYN:
+                self._syn_departures += 1
+                if self._syn_departures == 1:
+                    self._syn_time = now
+                if seg.tsval is not None:
+                    seg.tsval = self._tsval(now)
 
     def _challenge_ack(self, now: float) -> None:
         """RFC 5961 §7: challenge ACKs, at most ``challenge_ack_limit`` per second."""
@@ -1909,6 +1957,8 @@ class Connection:
         if (self._ack_now or self._sack_owed) and st != State.CLOSED and st != State.SYN_SENT:
             out.append(self._segment(ACK, self.snd_max, now=now))
         if out:
+            if st == State.SYN_RECEIVED or st == State.SYN_SENT:
+                self._syn_leaves(out, now)
             self.segs_out += len(out)
             if self.config.keepalive_idle is not None and self.keepalive_deadline is None:
                 self._check_keepalive(now)
@@ -2219,6 +2269,7 @@ class Connection:
             "srtt": r.srtt,
             "rttvar": r.rttvar,
             "min_rtt": r.min_rtt,
+            "rcv_min_rtt": self.rcv_min_rtt,
             "rto": r.rto,
             "cwnd": self.cwnd,
             "ssthresh": self.cc.ssthresh,
