@@ -454,3 +454,60 @@ def test_the_last_ack_grace_starts_only_once_our_fin_has_left(monkeypatch) -> No
 
     assert asyncio.run(wait(State.CLOSE_WAIT)) is False      # still waiting for the FIN to go
     assert asyncio.run(wait(State.LAST_ACK)) is True          # only its ACK is missing
+
+
+def test_a_session_ended_by_the_peer_in_time_wait_is_a_clean_end() -> None:
+    """Seen in bench/bulk.py (`tou listen -d > file`, 1 run in 15): the listener's FIN
+    went first and was acknowledged; the client's FIN arrived behind the last data and
+    was answered at once, and on loopback the client's close_notify came back within the
+    same wake-up, while megabytes still waited for the slow file. Both FINs were in and
+    ours acknowledged (TIME-WAIT): the end is clean, and every buffered byte still goes out."""
+    from toucli.stack.connection import State
+    from toucli.tunnel import SessionEndedByPeer
+
+    class EndingTransport(PlainTransport):
+        """Reports the client's session ended, in the dispatch where TIME-WAIT began."""
+        tunnel: Tunnel
+
+        def next_event(self):
+            ends = getattr(self, "ended", False)
+            if not ends and any(c.state == State.TIME_WAIT for c in self.tunnel.ep.connections.values()):
+                self.ended = True
+                return "ended"
+            return None
+
+        def failure(self, event):
+            peer = next(iter(self.tunnel.ep.connections.values())).peer
+            return peer, SessionEndedByPeer("secure session ended: closed by peer")
+
+    async def main() -> None:
+        accepted: asyncio.Queue[Channel] = asyncio.Queue()
+        cfg = engine_config(socket.AF_INET, 4)
+        tr = EndingTransport()
+        server = Tunnel(UdpSocket.bind("127.0.0.1", 0), tr, cfg, on_accept=accepted.put_nowait)
+        tr.tunnel = server
+        server.listen()
+        client = Tunnel(UdpSocket.bind("127.0.0.1", 0), PlainTransport(), cfg)
+        try:
+            a = client.connect(server.usock.local_address())
+            await asyncio.wait_for(a.connected, 5)
+            b = await asyncio.wait_for(accepted.get(), 5)
+            b.write_eof()                                 # `listen -d`: our FIN at once
+            data = os.urandom(600_000)                    # b reads it only afterwards
+            await a.write(data)
+            a.write_eof()
+            for _ in range(500):
+                if tr.__dict__.get("ended"):
+                    break
+                await asyncio.sleep(0.01)
+            assert tr.__dict__.get("ended"), "the listener never reached TIME-WAIT"
+            assert len(b.conn.rcv_buf) > 0                # the session ended with data unread
+            got = await asyncio.wait_for(read_all(b), 5)
+            assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+            await asyncio.wait_for(b.wait_closed(), 5)
+            assert b.error is None
+        finally:
+            client.close()
+            server.close()
+
+    asyncio.run(main())

@@ -945,8 +945,12 @@ class Tunnel:
                 for ch in list(self.channels.values()):
                     if ch.conn.peer is session and not ch.done.done():
                         # The peer closed its session after both FINs crossed: it had all
-                        # our data and is gone; only the ACK of our FIN went missing.
-                        clean = isinstance(error, SessionEndedByPeer) and ch.conn.state in (State.LAST_ACK, State.CLOSING)
+                        # our data and is gone. In LAST-ACK/CLOSING only the ACK of our FIN
+                        # went missing; in TIME-WAIT nothing did (its close_notify can come
+                        # back within the wake-up that took its FIN, before the round that
+                        # finishes the channel). What we buffered is still read out.
+                        clean = isinstance(error, SessionEndedByPeer) and (
+                            ch.finished or ch.conn.state in (State.LAST_ACK, State.CLOSING))
                         ch.conn.abort()
                         if clean:
                             ch._finish()
