@@ -22,7 +22,7 @@ class FakeConn:
         self.local_port = lport
         self.remote_port = rport
         self.created = created
-        self.s = {"state": "ESTABLISHED", "srtt": 0.02, "rttvar": 0.005, "min_rtt": 0.015, "rto": 0.2,
+        self.s = {"state": "ESTABLISHED", "srtt": 0.02, "rttvar": 0.005, "min_rtt": 0.015, "path_rtt": 0.015, "rto": 0.2,
                   "cwnd": 14000, "ssthresh": 2 ** 31, "congestion_control": "cubic", "mss": 1400,
                   "in_flight": 0, "pipe": 0, "snd_wnd": 65535, "rcv_wnd": 65535, "bytes_sent": 0,
                   "bytes_acked": 0, "bytes_received": 0, "bytes_retrans": 0, "segs_out": 0, "segs_in": 0,

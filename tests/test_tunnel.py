@@ -468,10 +468,10 @@ def test_a_session_ended_by_the_peer_in_time_wait_is_a_clean_end() -> None:
     class EndingTransport(PlainTransport):
         """Reports the client's session ended, in the dispatch where TIME-WAIT began."""
         tunnel: Tunnel
+        ended = False
 
         def next_event(self):
-            ends = getattr(self, "ended", False)
-            if not ends and any(c.state == State.TIME_WAIT for c in self.tunnel.ep.connections.values()):
+            if not self.ended and any(c.state == State.TIME_WAIT for c in self.tunnel.ep.connections.values()):
                 self.ended = True
                 return "ended"
             return None
@@ -497,10 +497,10 @@ def test_a_session_ended_by_the_peer_in_time_wait_is_a_clean_end() -> None:
             await a.write(data)
             a.write_eof()
             for _ in range(500):
-                if tr.__dict__.get("ended"):
+                if tr.ended:
                     break
                 await asyncio.sleep(0.01)
-            assert tr.__dict__.get("ended"), "the listener never reached TIME-WAIT"
+            assert tr.ended, "the listener never reached TIME-WAIT"
             assert len(b.conn.rcv_buf) > 0                # the session ended with data unread
             got = await asyncio.wait_for(read_all(b), 5)
             assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()

@@ -69,13 +69,6 @@ def _num(d: dict, key: str, default: float = 0) -> float:
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else default
 
 
-def _least(a: float | None, b: float | None) -> float | None:
-    """The smaller of two optional figures."""
-    if a is None:
-        return b
-    return a if b is None or a < b else b
-
-
 def _rate(delta: float, dt: float) -> float:
     """Bits per second for a byte delta over ``dt`` seconds (0 when either is not positive)."""
     return delta * 8.0 / dt if dt > 0 and delta > 0 else 0.0
@@ -292,7 +285,7 @@ class Collector:
             "age": max(0.0, now - start),
             "srtt": srtt,
             "rttvar": tcp.get("rttvar"),
-            "min_rtt": _least(tcp.get("min_rtt"), tcp.get("rcv_min_rtt")),
+            "min_rtt": tcp.get("path_rtt"),     # a receiver's own samples count too
             "rto": tcp.get("rto"),
             "cwnd": cwnd,
             "ssthresh": tcp.get("ssthresh"),

@@ -2269,7 +2269,7 @@ class Connection:
             "srtt": r.srtt,
             "rttvar": r.rttvar,
             "min_rtt": r.min_rtt,
-            "rcv_min_rtt": self.rcv_min_rtt,
+            "path_rtt": self.path_rtt,
             "rto": r.rto,
             "cwnd": self.cwnd,
             "ssthresh": self.cc.ssthresh,
