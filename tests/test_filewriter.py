@@ -6,6 +6,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import select
 
 import pytest
 
@@ -33,6 +34,12 @@ def test_bytes_arrive_in_order(tmp_path) -> None:
     asyncio.run(main())
 
 
+def _read_within(fd: int, timeout: float) -> bytes:
+    """Up to 1 MiB from ``fd`` if it becomes readable within ``timeout`` s, else b""."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    return os.read(fd, 1 << 20) if ready else b""
+
+
 def test_full_until_the_thread_catches_up_then_called_back() -> None:
     """A writer stuck on a full pipe is ``full`` past QUEUE_LIMIT; the callback comes when it drains."""
     async def main() -> None:
@@ -48,7 +55,9 @@ def test_full_until_the_thread_catches_up_then_called_back() -> None:
         assert not called.done()                      # nobody reads: no room yet
         total = 0
         while not called.done():
-            total += len(await loop.run_in_executor(None, os.read, r, 1 << 20))
+            # A bounded read: the callback may still be on its way to the loop when the
+            # pipe is already empty, and a blocking read would then wait forever.
+            total += len(await loop.run_in_executor(None, _read_within, r, 0.1))
         assert total >= QUEUE_LIMIT // 2
         while not w.idle:
             total += len(os.read(r, 1 << 20))
